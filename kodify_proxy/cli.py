@@ -1,0 +1,120 @@
+"""The `kodify-proxy` command line: serve, render-config, check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from kodify_proxy.settings import Settings, SettingsError, load_settings
+from kodify_proxy.upstreams import ConfigError, KodifyConfig, load_config, resolve_config_path
+
+log = logging.getLogger("kodify_proxy")
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, KodifyConfig]:
+    settings = load_settings()
+    return settings, load_config(resolve_config_path(args.config, settings.config_path))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Wait for upstreams, discover models, render the LiteLLM config and serve."""
+    import uvicorn
+
+    from kodify_proxy import runtime, serving
+
+    settings, config = _load(args)
+    prepared = serving.prepare(settings, config, wait=settings.wait_vllm)
+    master_key = serving.ensure_master_key(settings)
+    path = serving.write_litellm_config(settings, prepared.litellm_config)
+    serving.export_environment(config, master_key, path)
+    runtime.bind(runtime.Runtime(settings=settings, monitor=prepared.monitor, master_key=master_key))
+    prepared.monitor.mark_registered()
+    log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
+
+    from kodify_proxy.app import build_app
+
+    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_render_config(args: argparse.Namespace) -> int:
+    """Print the LiteLLM config `serve` would load, secrets masked."""
+    from kodify_proxy import serving
+    from kodify_proxy.litellm_config import render_config
+
+    settings, config = _load(args)
+    prepared = serving.prepare(settings, config, wait=False)
+    sys.stdout.write(render_config(prepared.litellm_config))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the environment, config.yml and upstreams; print every problem with its fix."""
+    from kodify_proxy import serving
+
+    settings, config = _load(args)
+    states = serving.asyncio.run(serving.discover(settings, config, wait=False))
+    problems = [f"upstream {s.upstream.url} does not answer GET /v1/models: {s.error}" for s in states if not s.healthy]
+    for state in states:
+        if state.healthy:
+            print(f"ok: upstream {state.upstream.url} serves {', '.join(state.models) or 'no models'}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="kodify-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+    render = sub.add_parser("render-config", help="print the generated LiteLLM config (secrets masked)")
+    render.set_defaults(func=cmd_render_config)
+    check = sub.add_parser("check", help="validate env, config.yml and upstreams")
+    check.set_defaults(func=cmd_check)
+    for command in (serve, render, check):
+        command.add_argument("--config", default=None, help="config.yml (default: $KODIFY_CONFIG or ./config.yml)")
+    return parser
+
+
+def configure_logging() -> None:
+    """Our log lines in uvicorn's format; LiteLLM keeps its own handlers (root stays untouched to avoid doubles)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `kodify-proxy` console script."""
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:
+        from kodify_proxy.serving import StartupError
+
+        if isinstance(exc, StartupError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

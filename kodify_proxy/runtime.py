@@ -1,0 +1,33 @@
+"""The one object the LiteLLM-loaded parts (auth, hooks, routes) share: settings, config and upstream state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `kodify-proxy serve` prepared before LiteLLM started."""
+
+    settings: Settings
+    monitor: UpstreamMonitor
+    master_key: str
+
+
+_current: Runtime | None = None
+
+
+def bind(runtime: Runtime) -> None:
+    """Make `runtime` the one LiteLLM's hooks and our routes see (set once, at serve)."""
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    """The bound runtime; LiteLLM loads our hooks only inside `kodify-proxy serve`, which binds it first."""
+    if _current is None:
+        raise RuntimeError("kodify_proxy is not initialised: start it with `kodify-proxy serve`")
+    return _current

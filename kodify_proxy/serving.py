@@ -1,0 +1,98 @@
+"""What `serve` and `render-config` share: wait for and discover upstreams, build and write the LiteLLM config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
+from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.settings import Settings
+from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
+
+log = logging.getLogger("kodify_proxy.serving")
+
+
+class StartupError(Exception):
+    """The server can't start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Upstream state and the LiteLLM config built from it."""
+
+    monitor: UpstreamMonitor
+    litellm_config: dict[str, Any]
+
+
+async def discover(settings: Settings, config: KodifyConfig, wait: bool) -> list[UpstreamState]:
+    """WAIT_VLLM for the first upstream when asked, then check every upstream once."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout)) as client:
+        first = config.upstreams[0]
+        if wait and not await wait_for_upstream(
+            client, first, settings.wait_vllm_attempts, settings.wait_vllm_timeout
+        ):
+            raise StartupError(
+                f"Upstream {first.url} did not answer GET /v1/models after {settings.wait_vllm_attempts} attempts "
+                f"{settings.wait_vllm_timeout:g} s apart; start the vLLM server or raise WAIT_VLLM_ATTEMPTS"
+            )
+        states = await check_all(client, config.upstreams)
+    for state in states:
+        if not state.healthy:
+            log.warning(
+                "Upstream %s is down at start (%s); its models are added as soon as it answers",
+                state.upstream.url, state.error,
+            )
+    return states
+
+
+def prepare(settings: Settings, config: KodifyConfig, wait: bool) -> Prepared:
+    """Discover upstreams and build the LiteLLM config for them."""
+    states = asyncio.run(discover(settings, config, wait))
+    monitor = UpstreamMonitor(config, settings, states)
+    model_list = list(monitor.wanted_deployments().values())
+    return Prepared(monitor, build_litellm_config(load_template(), model_list, settings))
+
+
+def ensure_master_key(settings: Settings) -> str:
+    """LITELLM_MASTER_KEY, else the key in the state dir, else a new random one written there (0600)."""
+    if settings.master_key is not None:
+        return settings.master_key.get_secret_value()
+    path = settings.resolved_state_dir() / "master_key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = "sk-" + secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    log.warning("No LITELLM_MASTER_KEY given: generated one for the LiteLLM admin API and UI in %s", path)
+    return key
+
+
+def write_litellm_config(settings: Settings, litellm_config: dict[str, Any]) -> Path:
+    """Write the config LiteLLM loads; it holds env references, never secrets."""
+    path = settings.resolved_state_dir() / "litellm_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(litellm_config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def export_environment(config: KodifyConfig, master_key: str, litellm_config_path: Path) -> None:
+    """The environment LiteLLM reads at startup: its config path, the master key and upstream keys."""
+    os.environ["CONFIG_FILE_PATH"] = str(litellm_config_path)
+    os.environ["LITELLM_MASTER_KEY"] = master_key
+    for index, upstream in enumerate(config.upstreams):
+        if upstream.api_key is not None:
+            os.environ[upstream_key_env(index)] = upstream.api_key.get_secret_value()
+    hooks = [h for h in os.environ.get("LITELLM_WORKER_STARTUP_HOOKS", "").split(",") if h.strip()]
+    hooks.append("kodify_proxy.app:on_worker_startup")
+    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(dict.fromkeys(hooks))
