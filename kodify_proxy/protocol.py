@@ -67,6 +67,14 @@ _VIEWS: dict[str, type[BaseModel]] = {
 }
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """Pydantic adds the union member (`float`, `list[str]`) to an error's location; it is not a field."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+
+
 def validate_request(call_type: str, data: dict[str, Any]) -> None:
     """Raise InvalidRequest naming the first wrong field of a chat, completion or embedding body."""
     view = _VIEWS.get(call_type)
@@ -76,6 +84,6 @@ def validate_request(call_type: str, data: dict[str, Any]) -> None:
         view.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        param = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or None
         given = "" if first["type"] == "missing" else f", got {first.get('input')!r:.80}"
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}{given}", param=param) from None

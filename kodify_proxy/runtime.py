@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
@@ -15,6 +16,9 @@ class Runtime:
     settings: Settings
     monitor: UpstreamMonitor
     master_key: str
+    users: Any = None  # per-user token store (auth issue), when AUTH_TYPE=DB
+    journal: Any = None  # request journal writer (journal issue), when LOGS is on
+    preprocessing: Any = None  # completions preprocessing config (autocompletion issue)
 
 
 _current: Runtime | None = None

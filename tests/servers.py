@@ -1,0 +1,116 @@
+"""Real server processes for tests: the fake upstream, the kodify-proxy, started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A child process serving HTTP on 127.0.0.1:port, its output in `log_path`."""
+
+    name: str
+    args: Sequence[str]
+    port: int
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_path: str = "/health"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0, expect_ready: bool = True) -> Server:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(self.args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                cwd=REPO, start_new_session=True,
+            )
+        if expect_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                httpx.get(self.url + self.ready_path, timeout=1.0)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def fake_upstream(tmp: Path, models: Sequence[str] = ("fake-model",), port: int | None = None) -> Server:
+    """A fake OpenAI/vLLM upstream process serving `models` (not started)."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "tests.fake_upstream", "--port", str(port)]
+    for model in models:
+        args += ["--model", model]
+    return Server(f"fake-upstream:{port}", args, port, tmp / f"fake-upstream-{port}.log")
+
+
+def kodify_proxy(tmp: Path, config_text: str, env: Mapping[str, str] | None = None, name: str = "proxy",
+                 extra_args: Sequence[str] = ()) -> Server:
+    """`kodify-proxy serve` with `config_text` as config.yml and a private state dir (not started)."""
+    workdir = tmp / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.yml"
+    config.write_text(config_text)
+    port = free_port()
+    base_env = {
+        "KODIFY_STATE_DIR": str(workdir / "state"),
+        "KODIFY_DISCOVERY_INTERVAL": "1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [sys.executable, "-m", "kodify_proxy.cli", "serve", "--config", str(config),
+            "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    return Server(name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})},
+                  ready_path="/health/liveliness")
+
+
+def upstreams_yaml(*urls: str, extra: str = "") -> str:
+    """A config.yml listing `urls` in the guide's format."""
+    lines = ["upstreams:"] + [f"  {url}:" for url in urls]
+    return "\n".join(lines) + "\n" + extra
