@@ -56,3 +56,16 @@ class UpstreamTimeout(KodifyError):
 
     status_code = 504
     error_type = "timeout_error"
+
+
+_TYPE_BY_STATUS = {400: "invalid_request_error", 401: "auth_error", 403: "permission_error", 404: "not_found_error",
+                   413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class UpstreamRejected(KodifyError):
+    """The upstream refused the request itself (its 4xx), passed on with its own message and status."""
+
+    def __init__(self, message: str, *, status_code: int, param: str | None = None) -> None:
+        self.status_code = status_code
+        self.error_type = _TYPE_BY_STATUS.get(status_code, "invalid_request_error")
+        super().__init__(message, param=param)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -16,6 +19,7 @@ from kodify_proxy.errors import (
     KodifyError,
     ModelNotFound,
     UpstreamFailed,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -95,8 +99,43 @@ def is_connection_failure(exc: BaseException) -> bool:
     return False
 
 
+_PARAMETER_HINT = re.compile(r"\(parameter=([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def upstream_rejection(exc: Exception) -> UpstreamRejected | None:
+    """The upstream's own 4xx error, dug out of the text LiteLLM wraps it in (JSON or a Python dict repr)."""
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", exc))
+    start = message.find("{") if isinstance(status, int) and 400 <= status < 500 else -1
+    if start < 0:
+        return None
+    error = _parse_error_body(message[start:])
+    if error is None or not isinstance(error.get("message"), str):
+        return None
+    param = error.get("param")
+    hint = _PARAMETER_HINT.search(error["message"])
+    if not isinstance(param, str):
+        param = hint.group(1) if hint else None
+    return UpstreamRejected(error["message"], status_code=int(status), param=param)  # type: ignore[arg-type]
+
+
+def _parse_error_body(text: str) -> dict[str, Any] | None:
+    end = text.rfind("}") + 1
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            body = parse(text[:end])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return dict(body["error"])
+    return None
+
+
 def classify_failure(exc: Exception, data: dict[str, Any], monitor: UpstreamMonitor) -> KodifyError | None:
-    """Map an upstream failure to a clear error; None keeps LiteLLM's (e.g. the upstream's own 400)."""
+    """Map an upstream failure to a clear error; None keeps LiteLLM's."""
+    rejected = upstream_rejection(exc)
+    if rejected is not None:
+        return rejected
     upstreams = _upstream_names(data, monitor)
     if isinstance(exc, litellm.Timeout):
         timeout = monitor.settings.request_timeout

@@ -31,6 +31,10 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # Bump whenever anything below changes the output.
 RECIPE_VERSION = "tiny-qwen2/1"
@@ -107,10 +111,9 @@ def training_texts() -> list[str]:
     return [path.read_text(encoding="utf-8", errors="replace") for path in files]
 
 
-def build_tokenizer():  # -> tokenizers.Tokenizer
+def build_tokenizer() -> Tokenizer:
     """Train a byte-level BPE with Qwen2's exact normalizer and pre-tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False, fuse_unk=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -135,7 +138,7 @@ def build_tokenizer():  # -> tokenizers.Tokenizer
     return tokenizer
 
 
-def tokenizer_config() -> dict:
+def tokenizer_config() -> dict[str, Any]:
     """tokenizer_config.json in the shape of Qwen2.5-Coder's (no BOS, endoftext as eos/pad)."""
     added = {
         str(i): {
@@ -231,7 +234,7 @@ def check(out: Path) -> str:
         generated = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, prompt.shape[1] :].tolist()
     if len(generated) != 8 or min(generated) < len(SPECIAL_TOKENS):
         raise SystemExit(f"greedy FIM output {generated} contains special tokens or stopped early")
-    return auto.decode(generated)
+    return str(auto.decode(generated))
 
 
 def publish(built: Path, out_dir: Path) -> None:

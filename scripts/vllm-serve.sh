@@ -35,7 +35,7 @@ is_running() {
     line="${line##*) }"
     [[ "${line:0:1}" != Z ]]
 }
-usage() { sed -n '4,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 while (($#)); do
     case "$1" in
@@ -45,7 +45,7 @@ while (($#)); do
         --served-model-name) SERVED_NAME="${2:?--served-model-name needs a value}"; shift 2 ;;
         --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
         --) shift; EXTRA_ARGS=("$@"); break ;;
-        -h | --help) usage ;;
+        -h | --help) usage 0 ;;
         *) log "unknown argument: $1"; usage ;;
     esac
 done
@@ -71,6 +71,8 @@ if [[ -z "$MODEL" ]]; then
     MODEL="$("$VENV/bin/python" "$SCRIPTS/make_tiny_model.py" "$CACHE/models/tiny-qwen2" | tail -n1)"
 fi
 
+# No server of this workdir runs (checked above): drop the IPC sockets an earlier one left behind.
+rm -rf "$WORKDIR/tmp"
 mkdir -p "$WORKDIR/tmp" "$WORKDIR/cache"
 # --enforce-eager and TORCH_COMPILE_DISABLE=1: torch.compile costs ~20 s at start, its cache does
 # not survive a restart, and the first logprobs request would otherwise compile for 8-15 s.
@@ -89,6 +91,7 @@ rm -f "$PIDFILE"
 # setsid makes the server a process-group leader, so vllm-stop.sh can wait for (and if need be
 # kill) its EngineCore/Worker children as one group. The inner sh records its own PID, which is
 # the server's after exec, whether or not setsid had to fork.
+# shellcheck disable=SC2016  # $$ and $@ are for the inner sh
 setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$PIDFILE" \
     "$VENV/bin/vllm" serve "$MODEL" \
     --served-model-name "$SERVED_NAME" --host "$HOST" --port "$PORT" \

@@ -18,7 +18,7 @@ while (($#)); do
     case "$1" in
         --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
         --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
-        -h | --help) sed -n '5p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; exit 2 ;;
+        -h | --help) sed -n '5p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
 done

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything kodify-proxy itself needs on a fresh Debian/Ubuntu machine: Python venv (.venv) with the
+# package and its dev tools. Idempotent; re-running only installs what changed. The vLLM CPU environment is
+# separate (scripts/vllm-env.sh) because it pins its own torch.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing system packages: ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}"; exit 1
+    fi
+    log "installing ${need_apt[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "Python >= 3.11 is required"; exit 1; }
+
+stamp=".venv/.kodify-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+    exit 0
+fi
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+log "installing kodify-proxy and its dev tools into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "$want" > "$stamp"

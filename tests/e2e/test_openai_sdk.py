@@ -1,0 +1,104 @@
+"""The official `openai` SDK against kodify-proxy in front of a real vLLM server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import SERVED_MODEL
+from tests.servers import Server, fake_upstream, free_port, kodify_proxy, upstreams_yaml
+
+pytestmark = pytest.mark.e2e
+MESSAGES = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+
+
+def _client(proxy: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models(vllm_proxy: Server) -> None:
+    (model,) = _client(vllm_proxy).models.list().data
+    assert model.id == SERVED_MODEL
+
+
+def test_chat(vllm_proxy: Server) -> None:
+    reply = _client(vllm_proxy).chat.completions.create(
+        model=SERVED_MODEL, messages=MESSAGES, max_tokens=8, temperature=0  # type: ignore[arg-type]
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens >= 1
+
+
+def test_streamed_chat(vllm_proxy: Server) -> None:
+    stream = _client(vllm_proxy).chat.completions.create(
+        model=SERVED_MODEL, messages=MESSAGES, max_tokens=8, temperature=0, stream=True  # type: ignore[arg-type]
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len(pieces) >= 2 and "".join(pieces)
+
+
+def test_completions_with_vllm_sampling_parameters(vllm_proxy: Server) -> None:
+    reply = _client(vllm_proxy).completions.create(
+        model=SERVED_MODEL, prompt="def add(a, b):\n    return", max_tokens=6, temperature=1.0, n=2,
+        extra_body={"top_k": 1, "min_tokens": 6, "ignore_eos": True},
+    )
+    assert len(reply.choices) == 2
+    assert reply.choices[0].text == reply.choices[1].text  # top_k=1 makes sampling greedy: vLLM got it
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+
+
+def test_n_above_max_n(vllm_proxy: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(vllm_proxy).chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, n=5)  # type: ignore[arg-type]
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == "n" and "MAX_N=4" in error["message"]
+
+
+def test_unknown_model(vllm_proxy: Server) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        _client(vllm_proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert SERVED_MODEL in str(caught.value)
+
+
+def test_vllm_own_validation_reaches_the_client_cleanly(vllm_proxy: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(vllm_proxy).completions.create(model=SERVED_MODEL, prompt="x", max_tokens=100000)
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == "max_tokens" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("max_tokens=100000 cannot be greater than max_model_len=512")
+    with pytest.raises(openai.BadRequestError) as greedy:
+        _client(vllm_proxy).chat.completions.create(
+            model=SERVED_MODEL, messages=MESSAGES, n=2, temperature=0  # type: ignore[arg-type]
+        )
+    assert isinstance(greedy.value.body, dict)
+    assert greedy.value.body["message"] == "n must be 1 when using greedy sampling, got 2."
+
+
+def test_stopped_upstream(tmp_path: Path, vllm: str) -> None:
+    """A second upstream serving the same model stops: requests keep working; alone, they fail fast with 503."""
+    decoy = fake_upstream(tmp_path, (SERVED_MODEL,)).start()
+    proxy = kodify_proxy(tmp_path, upstreams_yaml(vllm, decoy.url), name="two-upstreams").start()
+    try:
+        decoy.stop()
+        client = _client(proxy)
+        for _ in range(4):
+            reply = client.completions.create(model=SERVED_MODEL, prompt="import", max_tokens=2, temperature=0)
+            assert reply.choices[0].text
+    finally:
+        proxy.stop()
+    dead = f"http://127.0.0.1:{free_port()}"
+    lonely = kodify_proxy(tmp_path, f"upstreams:\n  {dead}:\n    models: [{SERVED_MODEL}]\n", name="dead").start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            _client(lonely).completions.create(model=SERVED_MODEL, prompt="x", max_tokens=2)
+        assert caught.value.status_code in (502, 503) and dead in str(caught.value)
+        assert time.monotonic() - started < 3
+        assert httpx.get(lonely.url + "/health").status_code == 503
+    finally:
+        lonely.stop()
