@@ -62,10 +62,12 @@ async def bench(calls: int) -> dict[str, float]:
     wrapped = ErrorShapingMiddleware(inner)
     scope = {"type": "http", "path": "/v1/chat/completions"}
     return {
-        "pre_call_hook chat (us)": await per_call_us(lambda: proxy_handler.async_pre_call_hook(
-            None, None, dict(chat), "acompletion"), calls),
-        "pre_call_hook text (us)": await per_call_us(lambda: proxy_handler.async_pre_call_hook(
-            None, None, dict(text), "atext_completion"), calls),
+        "pre_call_hook chat (us)": await per_call_us(
+            lambda: proxy_handler.async_pre_call_hook(None, None, dict(chat), "acompletion"), calls
+        ),
+        "pre_call_hook text (us)": await per_call_us(
+            lambda: proxy_handler.async_pre_call_hook(None, None, dict(text), "atext_completion"), calls
+        ),
         "custom_auth dummy (us)": await per_call_us(lambda: user_api_key_auth(request, ""), calls),
         "asgi layer, wrapped app (us)": await per_call_us(lambda: wrapped(scope, receive, noop_send), calls),
         "asgi layer, bare app (us)": await per_call_us(lambda: inner(scope, receive, noop_send), calls),

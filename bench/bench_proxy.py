@@ -43,30 +43,50 @@ class Target:
 def bodies(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """The request of each kind, the same for every target."""
     return {
-        "chat": ("/v1/chat/completions",
-                 {"model": model, "messages": [{"role": "user", "content": "def fib(n):"}], "max_tokens": 8}),
+        "chat": (
+            "/v1/chat/completions",
+            {"model": model, "messages": [{"role": "user", "content": "def fib(n):"}], "max_tokens": 8},
+        ),
         "text": ("/v1/completions", {"model": model, "prompt": "def fib(n):", "max_tokens": 8}),
     }
 
 
 def start_bare_litellm(tmp: Path, upstream: str, model: str) -> Server:
     """`litellm --config` with the same deployment kodify-proxy builds, but none of our plugin."""
-    config = {"model_list": [{"model_name": model, "litellm_params": {
-        "model": f"hosted_vllm/{model}", "api_base": f"{upstream}/v1", "timeout": 600, "max_retries": 0}}],
+    config = {
+        "model_list": [
+            {
+                "model_name": model,
+                "litellm_params": {
+                    "model": f"hosted_vllm/{model}",
+                    "api_base": f"{upstream}/v1",
+                    "timeout": 600,
+                    "max_retries": 0,
+                },
+            }
+        ],
         "general_settings": {"master_key": MASTER_KEY},
-        "litellm_settings": {"request_timeout": 600, "num_retries": 0}}
+        "litellm_settings": {"request_timeout": 600, "num_retries": 0},
+    }
     path = tmp / "bare.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     litellm_bin = str(Path(sys.executable).with_name("litellm"))
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_DISABLE_LATEST_RELEASE_CHECK": "true"}
-    server = Server("bare-litellm", [litellm_bin, "--config", str(path), "--port", str(port), "--host", "127.0.0.1"],
-                    port, tmp / "bare.log", env=env, ready_path="/health/liveliness")
+    server = Server(
+        "bare-litellm",
+        [litellm_bin, "--config", str(path), "--port", str(port), "--host", "127.0.0.1"],
+        port,
+        tmp / "bare.log",
+        env=env,
+        ready_path="/health/liveliness",
+    )
     return server.start(timeout=120)
 
 
-async def run_round(client: httpx.AsyncClient, target: Target, path: str, body: dict[str, Any], count: int,
-                    concurrency: int) -> tuple[list[float], float]:
+async def run_round(
+    client: httpx.AsyncClient, target: Target, path: str, body: dict[str, Any], count: int, concurrency: int
+) -> tuple[list[float], float]:
     """`count` requests with `concurrency` in flight; per-request latencies (s) and wall time."""
     latencies: list[float] = []
     queue = iter(range(count))
@@ -147,15 +167,25 @@ def main() -> None:
         kodify = servers[-1]
         servers.append(start_bare_litellm(tmp, upstream, args.model))
         bare = servers[-1]
-        targets = [Target("direct", upstream, {}), Target("bare-litellm", bare.url, {"Authorization": f"Bearer {MASTER_KEY}"}),
-                   Target("kodify-proxy", kodify.url, {})]
+        targets = [
+            Target("direct", upstream, {}),
+            Target("bare-litellm", bare.url, {"Authorization": f"Bearer {MASTER_KEY}"}),
+            Target("kodify-proxy", kodify.url, {}),
+        ]
         results = asyncio.run(measure(targets, args.model, args.requests, args.rounds))
     finally:
         for server in reversed(servers):
             server.stop()
-    meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(),
-            "upstream": args.upstream or "fake", "requests": args.requests, "rounds": args.rounds,
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "repo": str(REPO)}
+    meta = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_after": os.getloadavg(),
+        "upstream": args.upstream or "fake",
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "repo": str(REPO),
+    }
     report = {"meta": meta, "results": results}
     print(render_table(results))
     print(json.dumps(meta))

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from kodify_proxy import runtime
+from kodify_proxy.journal.middleware import with_journal
 from kodify_proxy.middleware import ErrorShapingMiddleware
 
 log = logging.getLogger("kodify_proxy.app")
@@ -29,7 +30,7 @@ def build_app() -> Any:
     from kodify_proxy.health import router as health_router
 
     prepend_routes(app, health_router)
-    return ErrorShapingMiddleware(app)
+    return with_journal(ErrorShapingMiddleware(app))  # LOGS: journal outermost, to see what clients see
 
 
 async def on_worker_startup() -> None:

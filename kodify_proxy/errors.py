@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 class KodifyError(Exception):
     """A problem reported to a client: the HTTP status, OpenAI error type, param and message."""
 
@@ -58,8 +57,15 @@ class UpstreamTimeout(KodifyError):
     error_type = "timeout_error"
 
 
-_TYPE_BY_STATUS = {400: "invalid_request_error", 401: "auth_error", 403: "permission_error", 404: "not_found_error",
-                   413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "auth_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class UpstreamRejected(KodifyError):

@@ -30,8 +30,9 @@ from kodify_proxy.protocol import validate_request
 log = logging.getLogger("kodify_proxy.hooks")
 
 # aiohttp (LiteLLM's default transport) and openai SDK connection errors, by name to avoid importing them.
-_CONNECTION_ERROR_NAMES = frozenset({"ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError",
-                                     "ClientOSError"})
+_CONNECTION_ERROR_NAMES = frozenset(
+    {"ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError"}
+)
 _CONNECTION_MESSAGES = ("Cannot connect to host", "OpenAIException - Connection error", "Connection refused")
 _GENERATION_CALLS = frozenset({"acompletion", "atext_completion", "completion", "text_completion"})
 _MODEL_CALLS = _GENERATION_CALLS | {"aembedding", "embedding"}
@@ -68,8 +69,9 @@ def check_model(model: Any, monitor: UpstreamMonitor) -> None:
 
 def to_proxy_exception(error: KodifyError) -> ProxyException:
     """Our error as LiteLLM's OpenAI-shaped exception."""
-    return ProxyException(message=error.message, type=error.error_type, param=error.param, code=error.status_code,
-                          openai_code=error.code)
+    return ProxyException(
+        message=error.message, type=error.error_type, param=error.param, code=error.status_code, openai_code=error.code
+    )
 
 
 def _upstream_names(data: dict[str, Any], monitor: UpstreamMonitor) -> str:
@@ -137,13 +139,14 @@ def classify_failure(exc: Exception, data: dict[str, Any], monitor: UpstreamMoni
     if rejected is not None:
         return rejected
     upstreams = _upstream_names(data, monitor)
-    if isinstance(exc, litellm.Timeout):
+    if isinstance(exc, litellm.exceptions.Timeout):
         timeout = monitor.settings.request_timeout
         return UpstreamTimeout(f"Upstream {upstreams} did not answer within {timeout:g} s (KODIFY_REQUEST_TIMEOUT)")
     message = str(getattr(exc, "message", exc))
     if "No healthy deployment available" in message or "No deployments available" in message:
-        return UpstreamUnavailable(f"Every upstream serving {data.get('model')!r} ({upstreams}) is failing; "
-                                   "retry in a few seconds")
+        return UpstreamUnavailable(
+            f"Every upstream serving {data.get('model')!r} ({upstreams}) is failing; retry in a few seconds"
+        )
     if is_connection_failure(exc):
         return UpstreamFailed(f"Upstream {upstreams} refused the connection or broke it: check the vLLM server")
     return None
@@ -153,8 +156,9 @@ class KodifyHooks(CustomLogger):
     """LiteLLM callback registered in proxy_config.yaml as kodify_proxy.hooks.proxy_handler."""
 
     # LiteLLM only calls a pre-call hook defined on the leaf class (litellm/proxy/utils.py, `vars(cls)`).
-    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
-                                  call_type: Any) -> dict[str, Any]:
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
         """Reject n > MAX_N, unknown models and models whose upstreams are all down, before any upstream call."""
         if call_type not in _MODEL_CALLS:
             return data
@@ -168,8 +172,13 @@ class KodifyHooks(CustomLogger):
             raise to_proxy_exception(error) from None
         return data
 
-    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: Exception,
-                                           user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> Any:
         """Turn connection failures, timeouts and cooldowns into 502/503/504 naming the upstream."""
         if isinstance(original_exception, ProxyException):
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -49,9 +50,7 @@ class UpstreamMonitor:
 
     def upstreams_for(self, model: str) -> list[UpstreamState]:
         """The states of the upstreams that serve `model`."""
-        return [
-            self.states[u.url] for u in self.upstreams if model in (u.models or self.states[u.url].models)
-        ]
+        return [self.states[u.url] for u in self.upstreams if model in (u.models or self.states[u.url].models)]
 
     def default_model(self) -> str | None:
         """The first model of the first upstream that has one (the guide's Tabby default)."""
@@ -123,10 +122,8 @@ class UpstreamMonitor:
         timeout = httpx.Timeout(self.settings.connect_timeout)
         async with httpx.AsyncClient(timeout=timeout) as client:
             while True:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.discovery_interval)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
                 try:
                     await self.refresh(client, router_getter())

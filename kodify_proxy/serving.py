@@ -37,9 +37,7 @@ async def discover(settings: Settings, config: KodifyConfig, wait: bool) -> list
     """WAIT_VLLM for the first upstream when asked, then check every upstream once."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout)) as client:
         first = config.upstreams[0]
-        if wait and not await wait_for_upstream(
-            client, first, settings.wait_vllm_attempts, settings.wait_vllm_timeout
-        ):
+        if wait and not await wait_for_upstream(client, first, settings.wait_vllm_attempts, settings.wait_vllm_timeout):
             raise StartupError(
                 f"Upstream {first.url} did not answer GET /v1/models after {settings.wait_vllm_attempts} attempts "
                 f"{settings.wait_vllm_timeout:g} s apart; start the vLLM server or raise WAIT_VLLM_ATTEMPTS"
@@ -49,7 +47,8 @@ async def discover(settings: Settings, config: KodifyConfig, wait: bool) -> list
         if not state.healthy:
             log.warning(
                 "Upstream %s is down at start (%s); its models are added as soon as it answers",
-                state.upstream.url, state.error,
+                state.upstream.url,
+                state.error,
             )
     return states
 

@@ -37,12 +37,20 @@ async def _prelude(request: Request) -> tuple[dict[str, Any], Response | None]:
     body = await request.json()
     _state["last"] = body
     if body.get("model") not in _state["models"]:
-        error = {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError",
-                 "param": "model", "code": 404}
+        error = {
+            "message": f"The model `{body.get('model')}` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
         return body, JSONResponse({"error": error}, status_code=404)
     if body.get("suffix") is not None:
-        error = {"message": "suffix is not currently supported", "type": "BadRequestError", "param": "suffix",
-                 "code": 400}
+        error = {
+            "message": "suffix is not currently supported",
+            "type": "BadRequestError",
+            "param": "suffix",
+            "code": 400,
+        }
         return body, JSONResponse({"error": error}, status_code=400)
     match = _SLEEP.search(_text_of(body))
     if match:
@@ -66,14 +74,27 @@ async def chat(request: Request) -> Response:
     n = int(body.get("n") or 1)
     base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
     if body.get("stream"):
-        chunks = [dict(base, object="chat.completion.chunk",
-                       choices=[{"index": i, "delta": {"role": "assistant", "content": w}, "finish_reason": None}])
-                  for i in range(n) for w in ("Hello", " world")]
-        chunks.append(dict(base, object="chat.completion.chunk",
-                           choices=[{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)]))
+        chunks = [
+            dict(
+                base,
+                object="chat.completion.chunk",
+                choices=[{"index": i, "delta": {"role": "assistant", "content": w}, "finish_reason": None}],
+            )
+            for i in range(n)
+            for w in ("Hello", " world")
+        ]
+        chunks.append(
+            dict(
+                base,
+                object="chat.completion.chunk",
+                choices=[{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
+            )
+        )
         return _sse(chunks)
-    choices = [{"index": i, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
-               for i in range(n)]
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
+        for i in range(n)
+    ]
     return JSONResponse(dict(base, object="chat.completion", choices=choices, usage=_usage()))
 
 
@@ -84,10 +105,16 @@ async def completions(request: Request) -> Response:
     n = int(body.get("n") or 1)
     base = {"id": "cmpl-fake", "created": int(time.time()), "model": body["model"], "object": "text_completion"}
     if body.get("stream"):
-        chunks = [dict(base, choices=[{"index": i, "text": w, "finish_reason": None, "logprobs": None}])
-                  for i in range(n) for w in (" return", " 42")]
-        chunks.append(dict(base, choices=[{"index": i, "text": "", "finish_reason": "length", "logprobs": None}
-                                          for i in range(n)]))
+        chunks = [
+            dict(base, choices=[{"index": i, "text": w, "finish_reason": None, "logprobs": None}])
+            for i in range(n)
+            for w in (" return", " 42")
+        ]
+        chunks.append(
+            dict(
+                base, choices=[{"index": i, "text": "", "finish_reason": "length", "logprobs": None} for i in range(n)]
+            )
+        )
         return _sse(chunks)
     choices = [{"index": i, "text": " return 42", "finish_reason": "length", "logprobs": None} for i in range(n)]
     return JSONResponse(dict(base, choices=choices, usage=_usage()))
@@ -99,8 +126,9 @@ async def embeddings(request: Request) -> Response:
         return error
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
-    return JSONResponse({"object": "list", "data": data, "model": body["model"],
-                         "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    return JSONResponse(
+        {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+    )
 
 
 async def models(request: Request) -> Response:
@@ -116,14 +144,16 @@ async def health(request: Request) -> Response:
     return Response(status_code=200)
 
 
-app = Starlette(routes=[
-    Route("/v1/chat/completions", chat, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", models),
-    Route("/health", health),
-    Route("/_last", last),
-])
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/_last", last),
+    ]
+)
 
 
 def main() -> None:

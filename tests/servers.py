@@ -43,8 +43,12 @@ class Server:
     def start(self, timeout: float = 90.0, expect_ready: bool = True) -> Server:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                list(self.args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
-                cwd=REPO, start_new_session=True,
+                list(self.args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                cwd=REPO,
+                start_new_session=True,
             )
         if expect_ready:
             self.wait_ready(timeout)
@@ -90,8 +94,13 @@ def fake_upstream(tmp: Path, models: Sequence[str] = ("fake-model",), port: int 
     return Server(f"fake-upstream:{port}", args, port, tmp / f"fake-upstream-{port}.log")
 
 
-def kodify_proxy(tmp: Path, config_text: str, env: Mapping[str, str] | None = None, name: str = "proxy",
-                 extra_args: Sequence[str] = ()) -> Server:
+def kodify_proxy(
+    tmp: Path,
+    config_text: str,
+    env: Mapping[str, str] | None = None,
+    name: str = "proxy",
+    extra_args: Sequence[str] = (),
+) -> Server:
     """`kodify-proxy serve` with `config_text` as config.yml and a private state dir (not started)."""
     workdir = tmp / name
     workdir.mkdir(parents=True, exist_ok=True)
@@ -104,10 +113,22 @@ def kodify_proxy(tmp: Path, config_text: str, env: Mapping[str, str] | None = No
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "PYTHONUNBUFFERED": "1",
     }
-    args = [sys.executable, "-m", "kodify_proxy.cli", "serve", "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port), *extra_args]
-    return Server(name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})},
-                  ready_path="/health/liveliness")
+    args = [
+        sys.executable,
+        "-m",
+        "kodify_proxy.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    return Server(
+        name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health/liveliness"
+    )
 
 
 def upstreams_yaml(*urls: str, extra: str = "") -> str:

@@ -19,8 +19,9 @@ SETTINGS = load_settings({"KODIFY_REQUEST_TIMEOUT": "30", "KODIFY_NUM_RETRIES": 
 
 
 def test_same_model_on_two_upstreams_is_one_group_with_retries() -> None:
-    entries = build_model_list(CONFIG.upstreams, {"http://a:8000": ["coder"], "http://b:8000": ["coder", "chat"]},
-                               SETTINGS)
+    entries = build_model_list(
+        CONFIG.upstreams, {"http://a:8000": ["coder"], "http://b:8000": ["coder", "chat"]}, SETTINGS
+    )
     coder = [e for e in entries if e["model_name"] == "coder"]
     assert [e["litellm_params"]["api_base"] for e in coder] == ["http://a:8000/v1", "http://b:8000/v1"]
     assert all(e["litellm_params"]["num_retries"] == 2 for e in coder)

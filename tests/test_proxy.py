@@ -85,8 +85,11 @@ def test_unknown_model_is_404_listing_served_models(proxy: Server) -> None:
 
 
 def test_malformed_json_is_400(proxy: Server) -> None:
-    response = httpx.post(proxy.url + "/v1/chat/completions", content=b'{"model": "fake-model", "messages": ',
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        content=b'{"model": "fake-model", "messages": ',
+        headers={"content-type": "application/json"},
+    )
     error = _assert_openai_error(response, 400, "request_body")
     assert "JSON" in error["message"]
 

@@ -22,7 +22,7 @@ def test_defaults_are_the_guides() -> None:
 
 @pytest.mark.parametrize("raw", ["true", "True", "1", "yes", "YES", "on"])
 def test_booleans_accept_the_guides_spellings(raw: str) -> None:
-    assert load_settings({"WAIT_VLLM": raw, "MTSAI_AUTH": raw, "LOGS": "false"}).wait_vllm is True
+    assert load_settings({"WAIT_VLLM": raw, "RUN_MIGRATIONS": raw, "LOGS": "false"}).wait_vllm is True
 
 
 @pytest.mark.parametrize("raw", ["false", "False", "0", "no", ""])

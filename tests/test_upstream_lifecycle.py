@@ -135,10 +135,10 @@ def test_wait_vllm_waits_for_a_late_upstream(tmp_path: Path) -> None:
     proxy = _serve(tmp_path, upstreams_yaml(f"http://127.0.0.1:{port}"), env).start(expect_ready=False)
     upstream = fake_upstream(tmp_path, ("fake-model",), port=port)
     try:
-        time.sleep(2)
+        _eventually(lambda: "attempt 1/30 failed" in proxy.log_text(), timeout=60)
         upstream.start()
         proxy.wait_ready(90)
-        assert "attempt 1/30 failed" in proxy.log_text()
+        assert "is up (attempt" in proxy.log_text()
         assert httpx.post(proxy.url + CHAT, json=_chat("fake-model")).status_code == 200
     finally:
         proxy.stop()
@@ -147,18 +147,32 @@ def test_wait_vllm_waits_for_a_late_upstream(tmp_path: Path) -> None:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin", "HOME": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "kodify_proxy.cli", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kodify_proxy.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def test_invalid_environment_stops_serve_naming_each_variable(tmp_path: Path) -> None:
     (tmp_path / "c.yml").write_text(upstreams_yaml("http://127.0.0.1:9"))
-    result = _cli("serve", "--config", str(tmp_path / "c.yml"),
-                  env={"MAX_N": "abc", "WAIT_VLLM_ATTEMPTS": "-1", "AUTH_TYPE": "LDAP"})
+    result = _cli(
+        "serve",
+        "--config",
+        str(tmp_path / "c.yml"),
+        env={"MAX_N": "abc", "WAIT_VLLM_ATTEMPTS": "-1", "AUTH_TYPE": "LDAP"},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
-    assert {line.split("=")[0].removeprefix("error: ") for line in lines} == {"MAX_N", "WAIT_VLLM_ATTEMPTS", "AUTH_TYPE"}
+    assert {line.split("=")[0].removeprefix("error: ") for line in lines} == {
+        "MAX_N",
+        "WAIT_VLLM_ATTEMPTS",
+        "AUTH_TYPE",
+    }
 
 
 def test_bad_config_stops_serve_naming_the_file(tmp_path: Path) -> None:

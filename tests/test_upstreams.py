@@ -49,7 +49,10 @@ def test_upstream_extras() -> None:
         ("upstreams: {}\n", "c.yml: no upstreams"),
         ("tabby:\n  model_name: x\n", "c.yml: no upstreams"),
         ("upstreams:\n  http://a:8000:\n\thttp://b:8000:\n", "c.yml:3: not valid YAML"),
-        ("upstreams:\n  http://a:8000:\n    apikey: x\n", "c.yml:2: upstream 'http://a:8000' has invalid settings: apikey"),
+        (
+            "upstreams:\n  http://a:8000:\n    apikey: x\n",
+            "c.yml:2: upstream 'http://a:8000' has invalid settings: apikey",
+        ),
         ("upstreams:\n  http://a:8000:\nupstream: {}\n", "unknown top-level key(s) upstream"),
     ],
 )

@@ -19,17 +19,28 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("vllm")
     port = free_port()
     started = subprocess.run(
-        ["bash", str(REPO / "scripts/vllm-serve.sh"), "--port", str(port), "--workdir", str(workdir),
-         "--served-model-name", SERVED_MODEL],
-        capture_output=True, text=True, timeout=900,
+        [
+            "bash",
+            str(REPO / "scripts/vllm-serve.sh"),
+            "--port",
+            str(port),
+            "--workdir",
+            str(workdir),
+            "--served-model-name",
+            SERVED_MODEL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if started.returncode != 0:
         raise RuntimeError(f"vLLM did not start:\n{started.stderr[-4000:]}")
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run(["bash", str(REPO / "scripts/vllm-stop.sh"), "--workdir", str(workdir)], timeout=120,
-                       check=False)
+        subprocess.run(
+            ["bash", str(REPO / "scripts/vllm-stop.sh"), "--workdir", str(workdir)], timeout=120, check=False
+        )
 
 
 def _preprocessing_env() -> dict[str, str]:

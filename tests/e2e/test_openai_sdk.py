@@ -27,7 +27,10 @@ def test_models(vllm_proxy: Server) -> None:
 
 def test_chat(vllm_proxy: Server) -> None:
     reply = _client(vllm_proxy).chat.completions.create(
-        model=SERVED_MODEL, messages=MESSAGES, max_tokens=8, temperature=0  # type: ignore[arg-type]
+        model=SERVED_MODEL,
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert reply.choices[0].message.content
     assert reply.usage is not None and reply.usage.completion_tokens >= 1
@@ -35,7 +38,11 @@ def test_chat(vllm_proxy: Server) -> None:
 
 def test_streamed_chat(vllm_proxy: Server) -> None:
     stream = _client(vllm_proxy).chat.completions.create(
-        model=SERVED_MODEL, messages=MESSAGES, max_tokens=8, temperature=0, stream=True  # type: ignore[arg-type]
+        model=SERVED_MODEL,
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
     )
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert len(pieces) >= 2 and "".join(pieces)
@@ -43,7 +50,11 @@ def test_streamed_chat(vllm_proxy: Server) -> None:
 
 def test_completions_with_vllm_sampling_parameters(vllm_proxy: Server) -> None:
     reply = _client(vllm_proxy).completions.create(
-        model=SERVED_MODEL, prompt="def add(a, b):\n    return", max_tokens=6, temperature=1.0, n=2,
+        model=SERVED_MODEL,
+        prompt="def add(a, b):\n    return",
+        max_tokens=6,
+        temperature=1.0,
+        n=2,
         extra_body={"top_k": 1, "min_tokens": 6, "ignore_eos": True},
     )
     assert len(reply.choices) == 2
@@ -73,7 +84,10 @@ def test_vllm_own_validation_reaches_the_client_cleanly(vllm_proxy: Server) -> N
     assert error["message"].startswith("max_tokens=100000 cannot be greater than max_model_len=512")
     with pytest.raises(openai.BadRequestError) as greedy:
         _client(vllm_proxy).chat.completions.create(
-            model=SERVED_MODEL, messages=MESSAGES, n=2, temperature=0  # type: ignore[arg-type]
+            model=SERVED_MODEL,
+            messages=MESSAGES,
+            n=2,
+            temperature=0,  # type: ignore[arg-type]
         )
     assert isinstance(greedy.value.body, dict)
     assert greedy.value.body["message"] == "n must be 1 when using greedy sampling, got 2."
