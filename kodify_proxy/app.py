@@ -28,9 +28,13 @@ def build_app() -> Any:
     from litellm.proxy.proxy_server import app
 
     from kodify_proxy.health import router as health_router
+    from kodify_proxy.tabby.routes import TabbyDispatch
+    from kodify_proxy.tabby.routes import router as tabby_router
 
     prepend_routes(app, health_router)
-    return with_journal(ErrorShapingMiddleware(app))  # LOGS: journal outermost, to see what clients see
+    prepend_routes(app, tabby_router)
+    # TabbyDispatch inside ErrorShapingMiddleware: a Tabby completion's upstream failure gets the same clear error.
+    return with_journal(ErrorShapingMiddleware(TabbyDispatch(app)))  # LOGS: journal outermost, to see what clients see
 
 
 async def on_worker_startup() -> None:

@@ -7,8 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from kodify_proxy.journal.commands import add_journal_parsers
+from kodify_proxy.preprocess import load_configured
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, load_config, resolve_config_path
+from kodify_proxy.users_cli import add_users_parser
 
 log = logging.getLogger("kodify_proxy")
 
@@ -26,13 +29,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kodify_proxy import runtime, serving
+    from kodify_proxy.journal.service import open_journal
 
     settings, config = _load(args)
+    preprocessing = load_configured(settings.completions_preprocessing_config)  # a bad file stops startup here
+    journal = open_journal(settings)  # LOGS=True: the request journal (RUN_MIGRATIONS=1: upgrade head first)
+    from kodify_proxy import auth  # imports LiteLLM, so only once the settings are known to be valid
+
+    users = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
     prepared = serving.prepare(settings, config, wait=settings.wait_vllm)
     master_key = serving.ensure_master_key(settings)
     path = serving.write_litellm_config(settings, prepared.litellm_config)
     serving.export_environment(config, master_key, path)
-    runtime.bind(runtime.Runtime(settings=settings, monitor=prepared.monitor, master_key=master_key))
+    runtime.bind(
+        runtime.Runtime(
+            settings=settings,
+            monitor=prepared.monitor,
+            master_key=master_key,
+            users=users,
+            journal=journal,
+            preprocessing=preprocessing,
+        )
+    )
     prepared.monitor.mark_registered()
     log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
 
@@ -54,18 +72,10 @@ def cmd_render_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the environment, config.yml and upstreams; print every problem with its fix."""
-    from kodify_proxy import serving
+    """Validate env, config.yml, upstreams, databases, migrations, preprocessing; print every problem with its fix."""
+    from kodify_proxy.checks import run_check
 
-    settings, config = _load(args)
-    states = serving.asyncio.run(serving.discover(settings, config, wait=False))
-    problems = [f"upstream {s.upstream.url} does not answer GET /v1/models: {s.error}" for s in states if not s.healthy]
-    for state in states:
-        if state.healthy:
-            print(f"ok: upstream {state.upstream.url} serves {', '.join(state.models) or 'no models'}")
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return run_check(args.config, args.env_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render-config", help="print the generated LiteLLM config (secrets masked)")
     render.set_defaults(func=cmd_render_config)
-    check = sub.add_parser("check", help="validate env, config.yml and upstreams")
+    check = sub.add_parser("check", help="validate env, config.yml, upstreams, databases and preprocessing")
+    check.add_argument("--env-file", default=None, help="read variables from this ENV file too (e.g. .env)")
     check.set_defaults(func=cmd_check)
+    add_journal_parsers(sub)
+    add_users_parser(sub)
     for command in (serve, render, check):
         command.add_argument("--config", default=None, help="config.yml (default: $KODIFY_CONFIG or ./config.yml)")
     return parser

@@ -23,8 +23,10 @@ from kodify_proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from kodify_proxy.fim import post_from_state, post_state, postprocess_choices, rewrite_openai_body
 from kodify_proxy.middleware import file_error
 from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.preprocess import PreprocessingConfig
 from kodify_proxy.protocol import validate_request
 
 log = logging.getLogger("kodify_proxy.hooks")
@@ -36,6 +38,8 @@ _CONNECTION_ERROR_NAMES = frozenset(
 _CONNECTION_MESSAGES = ("Cannot connect to host", "OpenAIException - Connection error", "Connection refused")
 _GENERATION_CALLS = frozenset({"acompletion", "atext_completion", "completion", "text_completion"})
 _MODEL_CALLS = _GENERATION_CALLS | {"aembedding", "embedding"}
+_TEXT_CALLS = frozenset({"atext_completion", "text_completion"})
+_FIM_STATE = "kodify_fim"  # metadata key: what post-processing needs, from the pre-call hook to the success hook
 
 
 def check_n(data: dict[str, Any], max_n: int) -> None:
@@ -152,6 +156,21 @@ def classify_failure(exc: Exception, data: dict[str, Any], monitor: UpstreamMoni
     return None
 
 
+def apply_fim(data: dict[str, Any], config: PreprocessingConfig | None) -> None:
+    """COMPLETIONS_PREPROCESSING_CONFIG on /v1/completions: `suffix` or foreign FIM tokens -> the model's prompt.
+
+    Tabby requests (metadata.kodify_api == "tabby") arrive with the prompt already built by kodify_proxy.tabby.
+    """
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = data["metadata"] = {}
+    if config is None or metadata.get("kodify_api") == "tabby":
+        return
+    built = rewrite_openai_body(data, config)
+    if built is not None:
+        metadata[_FIM_STATE] = post_state(built.post)
+
+
 class KodifyHooks(CustomLogger):
     """LiteLLM callback registered in proxy_config.yaml as kodify_proxy.hooks.proxy_handler."""
 
@@ -168,9 +187,19 @@ class KodifyHooks(CustomLogger):
                 check_n(data, rt.settings.max_n)
             validate_request(call_type, data)
             check_model(data.get("model"), rt.monitor)
+            if call_type in _TEXT_CALLS:
+                apply_fim(data, rt.preprocessing)
         except KodifyError as error:
             raise to_proxy_exception(error) from None
         return data
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        """Clean FIM completions by the preprocessing config's rules (non-streamed /v1/completions)."""
+        state = (data.get("metadata") or {}).get(_FIM_STATE)
+        config = runtime.current().preprocessing
+        if isinstance(state, dict) and config is not None:
+            postprocess_choices(response, post_from_state(state), config)
+        return None
 
     async def async_post_call_failure_hook(
         self,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _TRUE = {"true", "1", "yes", "on", "y"}
 _FALSE = {"false", "0", "no", "off", "n", ""}
@@ -25,6 +26,11 @@ def _parse_bool(value: Any) -> Any:
     return value
 
 
+def _empty_to_default(default: str) -> Any:
+    """An empty ENV-file value (`AUTH_TYPE=`) means the default, as if the line were absent."""
+    return lambda value: default if isinstance(value, str) and not value.strip() else value
+
+
 def _empty_to_none(value: Any) -> Any:
     """An ENV-file line `NAME=` means "not set", as docker compose passes it."""
     return None if isinstance(value, str) and not value.strip() else value
@@ -33,6 +39,78 @@ def _empty_to_none(value: Any) -> Any:
 Flag = Annotated[bool, BeforeValidator(_parse_bool)]
 OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+
+# --- Model server (deployment issue, docs/deployment.md): values the vLLM container's entrypoint turns into flags ---
+
+_GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]+|MIG-[0-9A-Za-z/-]+")
+_ALLOC_CONF = re.compile(r"\w+:[^,:\s]+(,\w+:[^,:\s]+)*")
+_PARALLEL_FLAGS = {"--tensor-parallel-size": 0, "-tp": 0, "--pipeline-parallel-size": 1, "-pp": 1}
+
+
+def vllm_extra_args(raw: str) -> list[str]:
+    """ADDITIONAL_ARGS split as the entrypoint splits it; the guide's `--flag = value` is joined to `--flag=value`."""
+    if any(char in raw for char in "'\"\\$`"):
+        raise ValueError("quotes, backslashes, $ and ` are not supported: flags and values can't contain spaces")
+    args = re.sub(r" *= *", "=", raw.strip()).split()
+    if args and not args[0].startswith("-"):
+        raise ValueError(f"it must start with a flag such as --tensor-parallel-size, not {args[0]!r}")
+    return args
+
+
+def gpus_needed(args: list[str]) -> int:
+    """tensor-parallel-size x pipeline-parallel-size named in vLLM arguments (1 each when absent)."""
+    sizes = [1, 1]
+    for index, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        slot = _PARALLEL_FLAGS.get(flag.replace("_", "-"))
+        if slot is None:
+            continue
+        value = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{flag} needs a whole number >= 1, got {value!r}")
+        sizes[slot] = int(value)
+    return sizes[0] * sizes[1]
+
+
+def visible_device_count(raw: str) -> int | None:
+    """How many GPUs NVIDIA_VISIBLE_DEVICES lists; None for `all`, 0 for NVIDIA's `none` and `void`."""
+    if raw.strip().lower() == "all":
+        return None
+    if raw.strip().lower() in ("none", "void"):
+        return 0
+    ids = [part.strip() for part in raw.split(",")]
+    if not all(_GPU_ID.fullmatch(part) for part in ids):
+        raise ValueError("list GPU indices or UUIDs separated by commas (e.g. 0,1), or write all")
+    return len(ids)
+
+
+def _valid_extra_args(value: str | None) -> str | None:
+    if value is not None:
+        gpus_needed(vllm_extra_args(value))
+    return value
+
+
+def _valid_devices(value: str | None) -> str | None:
+    if value is not None:
+        visible_device_count(value)
+    return value
+
+
+def _valid_alloc_conf(value: str | None) -> str | None:
+    if value is not None and not _ALLOC_CONF.fullmatch(value.strip()):
+        raise ValueError("expected KEY:VALUE pairs separated by commas")
+    return value
+
+
+OptFloat = Annotated[float | None, BeforeValidator(_empty_to_none)]
+VllmDtype = Annotated[
+    Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None, BeforeValidator(_empty_to_none)
+]
+VllmArgs = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_extra_args)]
+GpuList = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_devices)]
+AllocConf = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_alloc_conf)]
+ZeroOne = Annotated[Literal["0", "1"] | None, BeforeValidator(_empty_to_none)]
+MultiprocMethod = Annotated[Literal["spawn", "fork"] | None, BeforeValidator(_empty_to_none)]
 
 
 def _env(name: str, accepts: str, default: Any = None, **kw: Any) -> Any:
@@ -45,9 +123,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=False)
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *args: Any, **kwargs: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `load_settings` passes in: it reads the environment (or the mapping a caller gives) itself."""
+        return (init_settings,)
+
     # Authorization (guide table 9)
     mtsai_auth: Flag = _env("MTSAI_AUTH", "a boolean: true/false, 1/0, yes/no", False)
-    auth_type: Literal["NO", "DB"] = _env("AUTH_TYPE", "NO or DB", "NO")
+    auth_type: Annotated[Literal["NO", "DB"], BeforeValidator(_empty_to_default("NO"))] = _env(
+        "AUTH_TYPE", "NO or DB", "NO"
+    )
     vllm_api_key: OptSecret = _env("VLLM_API_KEY", "any non-empty token")
     # Database (guide table 10)
     users_table: str = _env("USERS_TABLE", "a table name, optionally schema-qualified", "kodify_users")
@@ -77,6 +164,62 @@ class Settings(BaseSettings):
     connect_timeout: float = _env("KODIFY_CONNECT_TIMEOUT", "seconds > 0 to connect to an upstream", 5.0, gt=0)
     num_retries: int = _env("KODIFY_NUM_RETRIES", "a whole number >= 0", 1, ge=0)
     discovery_interval: float = _env("KODIFY_DISCOVERY_INTERVAL", "seconds >= 1 between upstream checks", 10.0, ge=1)
+    # Per-user token auth (auth issue, docs/auth.md): the token cache and the user database
+    auth_cache_ttl: float = _env(
+        "KODIFY_AUTH_CACHE_TTL",
+        "seconds 0-300 a validated user token is trusted without asking the database (a revoke takes effect within it)",
+        5.0,
+        ge=0,
+        le=300,
+    )
+    auth_negative_ttl: float = _env(
+        "KODIFY_AUTH_NEGATIVE_TTL", "seconds 0-60 an unknown user token is remembered as unknown", 2.0, ge=0, le=60
+    )
+    auth_db_timeout: float = _env(
+        "KODIFY_AUTH_DB_TIMEOUT", "seconds 0-60 to wait for the user database before answering 503", 3.0, gt=0, le=60
+    )
+    # Request journal (journal issue, docs/journal.md); LOGS and LOGS_DB_* are above
+    journal_url: OptSecret = _env(
+        "KODIFY_JOURNAL_URL",
+        "a SQLAlchemy URL, e.g. postgresql+psycopg://USER:PASS@HOST:5432/DB or sqlite:////var/lib/kodify/journal.db",
+    )
+    journal_bodies: Flag = _env(
+        "KODIFY_JOURNAL_BODIES", "a boolean: true keeps request and response bodies, false metadata only", True
+    )
+    journal_body_max_bytes: int = _env(
+        "KODIFY_JOURNAL_BODY_MAX_BYTES", "a whole number >= 0 of bytes kept of each body", 65536, ge=0
+    )
+    journal_spool_dir: OptStr = _env("KODIFY_JOURNAL_SPOOL_DIR", "a writable directory on a local disk")
+    journal_batch_size: int = _env("KODIFY_JOURNAL_BATCH_SIZE", "a whole number 1-10000", 200, ge=1, le=10000)
+    journal_flush_interval: float = _env(
+        "KODIFY_JOURNAL_FLUSH_INTERVAL", "seconds 0.01-60 between batch writes", 0.5, ge=0.01, le=60
+    )
+    journal_retry_interval: float = _env(
+        "KODIFY_JOURNAL_RETRY_INTERVAL",
+        "seconds 0.1-300 between attempts to reach a down database",
+        2.0,
+        ge=0.1,
+        le=300,
+    )
+    journal_db_timeout: float = _env(
+        "KODIFY_JOURNAL_DB_TIMEOUT", "seconds 1-300 a journal connect or insert may take", 5.0, ge=1, le=300
+    )
+    # Model server (deployment issue, docs/deployment.md; guide tables 6, 7, 8, 13). kodify-proxy does not use them:
+    # compose.yaml and deploy/k8s hand them to vLLM. Validated here so `check` and startup name a bad ENV file.
+    gpuutil: OptFloat = _env("GPUUTIL", "a fraction in (0, 1], e.g. 0.9 (vLLM --gpu-memory-utilization)", gt=0, le=1)
+    dtype: VllmDtype = _env("DTYPE", "auto, half, float16, bfloat16, float or float32 (vLLM --dtype)")
+    eager: Flag = _env("EAGER", "1 to pass --enforce-eager to vLLM; empty (or 0) not to", False)
+    additional_args: VllmArgs = _env(
+        "ADDITIONAL_ARGS", "extra vLLM flags such as --tensor-parallel-size=2 or --pipeline-parallel-size=2"
+    )
+    vllm_use_v1: ZeroOne = _env("VLLM_USE_V1", "0 or 1 (ignored by vLLM >= 0.11, which has only the V1 engine)")
+    pytorch_cuda_alloc_conf: AllocConf = _env(
+        "PYTORCH_CUDA_ALLOC_CONF", "KEY:VALUE pairs separated by commas, e.g. expandable_segments:True"
+    )
+    nvidia_visible_devices: GpuList = _env(
+        "NVIDIA_VISIBLE_DEVICES", "all, or GPU indices or UUIDs separated by commas, e.g. 0,1"
+    )
+    vllm_worker_multiproc_method: MultiprocMethod = _env("VLLM_WORKER_MULTIPROC_METHOD", "spawn or fork")
 
     def resolved_state_dir(self) -> Path:
         """Where generated files (master key, rendered LiteLLM config) live."""
@@ -85,7 +228,7 @@ class Settings(BaseSettings):
         return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "kodify-proxy"
 
 
-SECRET_VARIABLES = frozenset({"VLLM_API_KEY", "DB_URL", "LOGS_DB_PASSWORD", "LITELLM_MASTER_KEY"})
+SECRET_VARIABLES = frozenset({"VLLM_API_KEY", "DB_URL", "LOGS_DB_PASSWORD", "LITELLM_MASTER_KEY", "KODIFY_JOURNAL_URL"})
 
 
 class SettingsError(Exception):
@@ -113,22 +256,121 @@ def _problems_from(error: ValidationError) -> list[str]:
     return problems
 
 
+# --- Auth modes (auth issue, docs/auth.md): MTSAI_AUTH, AUTH_TYPE, VLLM_API_KEY, DB_URL, USERS_TABLE must agree ---
+
+
+def _auth_problems(settings: Settings) -> list[str]:
+    """The guide's table 9: false -> one token (VLLM_API_KEY) or dummy; true + AUTH_TYPE=DB + DB_URL -> per-user."""
+    if not settings.mtsai_auth:
+        return _no_user_auth_problems(settings)
+    problems = []
+    if settings.auth_type != "DB":
+        problems.append(
+            "MTSAI_AUTH=true (per-user tokens) needs AUTH_TYPE=DB; set AUTH_TYPE=DB, or set MTSAI_AUTH=false "
+            "for one shared token (VLLM_API_KEY) or no auth"
+        )
+    if settings.db_url is None:
+        problems.append(
+            "MTSAI_AUTH=true needs DB_URL, the users database: DB_URL=postgresql://USER:PASSWORD@HOST:5432/DB "
+            "(or DB_URL=sqlite:///users.db on one machine)"
+        )
+    if settings.vllm_api_key is not None:
+        problems.append(
+            "VLLM_API_KEY is set but MTSAI_AUTH=true uses per-user tokens, so it would be ignored; remove "
+            "VLLM_API_KEY, or set MTSAI_AUTH=false and AUTH_TYPE=NO for one shared token"
+        )
+    return problems + _users_db_problems(settings)
+
+
+def _no_user_auth_problems(settings: Settings) -> list[str]:
+    if settings.auth_type == "DB":
+        return [
+            "AUTH_TYPE=DB needs MTSAI_AUTH=true (per-user tokens); set MTSAI_AUTH=true, or set AUTH_TYPE=NO "
+            "for one shared token (VLLM_API_KEY) or no auth"
+        ]
+    unused = [
+        name
+        for name, given in (
+            ("DB_URL", settings.db_url is not None),
+            ("USERS_TABLE", "users_table" in settings.model_fields_set and settings.users_table.strip() != ""),
+        )
+        if given
+    ]
+    if not unused:
+        return []
+    return [
+        f"{' and '.join(unused)} set, but MTSAI_AUTH=false turns per-user tokens off; set MTSAI_AUTH=true and "
+        f"AUTH_TYPE=DB to use them, or remove {' and '.join(unused)}"
+    ]
+
+
+def _users_db_problems(settings: Settings) -> list[str]:
+    from kodify_proxy.users import database_url, parse_table_name
+
+    problems = []
+    schema, driver = None, ""
+    try:
+        schema = parse_table_name(settings.users_table).schema
+    except ValueError as exc:
+        problems.append(f"USERS_TABLE={settings.users_table!r} is invalid: {exc}")
+    if settings.db_url is not None:
+        try:
+            driver = database_url(settings.db_url.get_secret_value()).drivername
+        except ValueError as exc:
+            problems.append(f"DB_URL=<hidden> is invalid: {exc}")
+    if driver.startswith("sqlite") and schema not in (None, "main"):
+        problems.append(
+            f"USERS_TABLE={settings.users_table!r} names schema {schema!r}, but SQLite (DB_URL=sqlite:…) has "
+            "no schemas; use a plain table name"
+        )
+    return problems
+
+
+# --- Request journal (journal issue, docs/journal.md): LOGS, LOGS_DB_*, KODIFY_JOURNAL_URL ---
+
+
+def _journal_problems(settings: Settings) -> list[str]:
+    """LOGS=True needs every LOGS_DB_* variable, unless KODIFY_JOURNAL_URL names the database itself."""
+    if not settings.logs or settings.journal_url is not None:
+        return []
+    missing = [
+        name
+        for name, value in (
+            ("LOGS_DB_HOST", settings.logs_db_host),
+            ("LOGS_DB_NAME", settings.logs_db_name),
+            ("LOGS_DB_USERNAME", settings.logs_db_username),
+            ("LOGS_DB_PASSWORD", settings.logs_db_password),
+        )
+        if value is None
+    ]
+    if not missing:
+        return []
+    return [
+        f"LOGS=True needs {', '.join(missing)}; set them, or set KODIFY_JOURNAL_URL (e.g. "
+        "sqlite:////var/lib/kodify/journal.db for a one-machine journal), or set LOGS=False"
+    ]
+
+
+def _model_server_problems(settings: Settings) -> list[str]:
+    """The GPUs ADDITIONAL_ARGS asks for (tensor x pipeline parallel size) must be among NVIDIA_VISIBLE_DEVICES."""
+    if settings.additional_args is None or settings.nvidia_visible_devices is None:
+        return []
+    needed = gpus_needed(vllm_extra_args(settings.additional_args))
+    visible = visible_device_count(settings.nvidia_visible_devices)
+    if visible is None or needed <= visible:
+        return []
+    gpus = f"{needed} GPU{'s' * (needed > 1)}"
+    return [
+        f"ADDITIONAL_ARGS asks vLLM for {gpus} (tensor x pipeline parallel size) but NVIDIA_VISIBLE_DEVICES="
+        f"{settings.nvidia_visible_devices} gives it {visible}; list {gpus} there (or all), or lower the sizes"
+    ]
+
+
 def _cross_check(settings: Settings) -> list[str]:
     """Problems that involve several variables at once."""
-    problems = []
-    if settings.logs:
-        missing = [
-            name
-            for name, value in (
-                ("LOGS_DB_HOST", settings.logs_db_host),
-                ("LOGS_DB_NAME", settings.logs_db_name),
-                ("LOGS_DB_USERNAME", settings.logs_db_username),
-                ("LOGS_DB_PASSWORD", settings.logs_db_password),
-            )
-            if value is None
-        ]
-        if missing:
-            problems.append(f"LOGS=True needs {', '.join(missing)}; set them, or set LOGS=False")
+    problems = _journal_problems(settings)
+    problems += _auth_problems(settings)
+    problems += _model_server_problems(settings)
     return problems
 
 

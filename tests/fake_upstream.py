@@ -1,7 +1,9 @@
 """A small OpenAI/vLLM-compatible server for fast tests and benchmarks (run as its own process).
 
 `python -m tests.fake_upstream --port P --model NAME [--model NAME2]`. It echoes, records the last request
-body (GET /_last) and sleeps `SLEEP:<seconds>` when a prompt or message contains that marker.
+body (GET /_last), counts requests by content (GET /_count?contains=X) and sleeps `SLEEP:<seconds>` when a
+prompt or message contains that marker. A completion prompt containing `REPLY:<JSON string>` gets that string
+as its text (post-processing tests).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 _SLEEP = re.compile(r"SLEEP:([0-9.]+)")
-_state: dict[str, Any] = {"models": ["fake-model"], "last": None}
+_REPLY = re.compile(r'REPLY:("(?:[^"\\]|\\.)*")')
+_state: dict[str, Any] = {"models": ["fake-model"], "last": None, "texts": []}
 
 
 def _text_of(body: dict[str, Any]) -> str:
@@ -36,6 +39,7 @@ def _usage() -> dict[str, int]:
 async def _prelude(request: Request) -> tuple[dict[str, Any], Response | None]:
     body = await request.json()
     _state["last"] = body
+    _state["texts"].append(_text_of(body))
     if body.get("model") not in _state["models"]:
         error = {
             "message": f"The model `{body.get('model')}` does not exist.",
@@ -116,7 +120,9 @@ async def completions(request: Request) -> Response:
             )
         )
         return _sse(chunks)
-    choices = [{"index": i, "text": " return 42", "finish_reason": "length", "logprobs": None} for i in range(n)]
+    reply = _REPLY.search(_text_of(body))
+    text = json.loads(reply.group(1)) if reply else " return 42"
+    choices = [{"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i in range(n)]
     return JSONResponse(dict(base, choices=choices, usage=_usage()))
 
 
@@ -140,6 +146,11 @@ async def last(request: Request) -> Response:
     return JSONResponse(_state["last"])
 
 
+async def count(request: Request) -> Response:
+    needle = request.query_params.get("contains", "")
+    return JSONResponse(sum(needle in text for text in _state["texts"]))
+
+
 async def health(request: Request) -> Response:
     return Response(status_code=200)
 
@@ -152,6 +163,7 @@ app = Starlette(
         Route("/v1/models", models),
         Route("/health", health),
         Route("/_last", last),
+        Route("/_count", count),
     ]
 )
 

@@ -59,3 +59,13 @@ def test_logs_db_variables_are_required_only_when_logs_is_on() -> None:
 
 def test_unrelated_environment_is_ignored() -> None:
     assert load_settings({"PATH": "/bin", "HOME": "/root"}).max_n == 10
+
+
+def test_a_given_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_N", "abc")
+    monkeypatch.setenv("AUTH_TYPE", "LDAP")
+    assert load_settings({}).max_n == 10
+
+
+def test_empty_auth_type_means_not_set() -> None:
+    assert load_settings({"AUTH_TYPE": ""}).auth_type == "NO"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -108,11 +107,9 @@ def test_stopped_upstream(tmp_path: Path, vllm: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     lonely = kodify_proxy(tmp_path, f"upstreams:\n  {dead}:\n    models: [{SERVED_MODEL}]\n", name="dead").start()
     try:
-        started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as caught:
             _client(lonely).completions.create(model=SERVED_MODEL, prompt="x", max_tokens=2)
         assert caught.value.status_code in (502, 503) and dead in str(caught.value)
-        assert time.monotonic() - started < 3
         assert httpx.get(lonely.url + "/health").status_code == 503
     finally:
         lonely.stop()

@@ -1,0 +1,358 @@
+"""`kodify-proxy check`: every problem of an installation at once, each with its fix, and a non-zero exit if any.
+
+It reads what `serve` reads (the environment, or an ENV file given with --env-file, and config.yml) and checks the
+variables, config.yml, each upstream, the user database (AUTH_TYPE=DB), the journal database and its migrations
+(LOGS=True) and the completions preprocessing config. Nothing is created or changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy import URL, create_engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from kodify_proxy.settings import Settings, SettingsError, load_settings
+from kodify_proxy.upstreams import ConfigError, KodifyConfig, UpstreamState, check_all, load_config, resolve_config_path
+
+VERSION_TABLE = "kodify_alembic_version"  # the journal's Alembic version table (kodify_proxy/journal/models.py)
+GUIDE_ALEMBIC_INI = Path("/vllm-workspace/middleware/gpt_logger/alembic.ini")
+MIGRATE_FIX = (
+    "apply them: `kodify-proxy migrate`, or the guide's `alembic -c <dir>/alembic.ini upgrade head` "
+    "(compose: RUN_MIGRATIONS=1 in .env, then `docker compose up migrate`; Kubernetes: RUN_MIGRATIONS=1 runs the "
+    "init container), or set RUN_MIGRATIONS=1 so kodify-proxy applies them at startup"
+)
+
+Level = Literal["ok", "note", "problem"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: `ok`, `note` (worth knowing, not wrong) or `problem` (with its fix)."""
+
+    level: Level
+    text: str
+    fix: str | None = None
+
+
+def ok(message: str) -> Finding:
+    """A check that passed."""
+    return Finding("ok", message)
+
+
+def note(message: str) -> Finding:
+    """Something worth knowing that does not fail the check."""
+    return Finding("note", message)
+
+
+def problem(message: str, fix: str | None = None) -> Finding:
+    """Something that keeps the server from working as configured; `fix` when the message does not say it."""
+    return Finding("problem", message, fix)
+
+
+def run_check(config_arg: str | None, env_file: str | None, out: TextIO = sys.stdout) -> int:
+    """Run every check, print the report to `out`, return 1 when there is a problem, else 0."""
+    findings = collect(config_arg, env_file)
+    out.write(render(findings))
+    return 1 if any(f.level == "problem" for f in findings) else 0
+
+
+def collect(config_arg: str | None, env_file: str | None) -> list[Finding]:
+    """Every check in order; later ones still run when earlier ones found problems."""
+    environ, findings = read_environment(env_file)
+    settings, more = check_environment(environ)
+    findings += more
+    config, more = check_config(config_arg, settings)
+    findings += more
+    if config is not None:
+        findings += asyncio.run(check_upstreams(settings, config))
+    findings += check_users_database(settings)
+    findings += check_journal(settings)
+    findings += check_preprocessing(settings)
+    return findings
+
+
+def render(findings: Iterable[Finding]) -> str:
+    """The report: one `level: text` line per finding, `  fix: …` under a problem, and a summary line."""
+    lines: list[str] = []
+    problems = 0
+    for finding in findings:
+        lines.append(f"{finding.level}: {finding.text}")
+        if finding.fix:
+            lines.append(f"  fix: {finding.fix}")
+        problems += finding.level == "problem"
+    lines.append("all checks passed" if not problems else f"{problems} problem{'s' * (problems > 1)} found")
+    return "\n".join(lines) + "\n"
+
+
+# --- environment -----------------------------------------------------------------------------------------------
+
+
+def read_environment(env_file: str | None) -> tuple[dict[str, str], list[Finding]]:
+    """The process environment, overlaid with an ENV file's values (as a container started with it would see)."""
+    environ = dict(os.environ)
+    if env_file is None:
+        return environ, []
+    from dotenv import dotenv_values
+
+    path = Path(env_file)
+    if not path.is_file():
+        return environ, [problem(f"--env-file {path}: file not found", "give the path of the ENV file (e.g. .env)")]
+    values = dotenv_values(path)
+    environ.update({name: value or "" for name, value in values.items()})
+    return environ, [ok(f"ENV file {path}: {len(values)} variables read")]
+
+
+def check_environment(environ: Mapping[str, str]) -> tuple[Settings, list[Finding]]:
+    """Every invalid, missing or contradictory variable; the settings (invalid ones at defaults) for the rest."""
+    try:
+        settings = load_settings(environ)
+    except SettingsError as exc:
+        return salvage_settings(environ), [problem(line) for line in exc.problems]
+    return settings, [ok("environment: every variable is valid and they agree"), *_environment_notes(settings, environ)]
+
+
+def salvage_settings(environ: Mapping[str, str]) -> Settings:
+    """Settings from the valid variables only, so the checks after the environment still run."""
+    defaults = {str(field.validation_alias): field.default for field in Settings.model_fields.values()}
+    values: dict[str, object] = {name: value for name, value in environ.items() if name in defaults}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    # Defaults are passed explicitly: pydantic-settings would otherwise read the bad value from os.environ again.
+    return Settings.model_validate({**values, **{name: defaults[name] for name in bad if name in defaults}})
+
+
+def _environment_notes(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
+    notes = []
+    if not settings.mtsai_auth and settings.vllm_api_key is None:
+        notes.append(note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)"))
+    if "LOGS_DB_POST" in environ:
+        notes.append(note("LOGS_DB_POST is not read (the guide's examples misspell it): the port is LOGS_DB_PORT"))
+    return notes
+
+
+# --- config.yml and upstreams ----------------------------------------------------------------------------------
+
+
+def check_config(config_arg: str | None, settings: Settings) -> tuple[KodifyConfig | None, list[Finding]]:
+    """config.yml parses, and names at least one upstream."""
+    path = resolve_config_path(config_arg, settings.config_path)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return None, [problem(str(exc))]
+    return config, [ok(f"config.yml {path}: {len(config.upstreams)} upstream(s)")]
+
+
+async def check_upstreams(settings: Settings, config: KodifyConfig) -> list[Finding]:
+    """Each upstream answers GET /v1/models with models, and tabby.model_name is one of them."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout)) as client:
+        states = await check_all(client, config.upstreams)
+    return [_upstream_finding(state) for state in states] + _tabby_findings(config, states)
+
+
+def _upstream_finding(state: UpstreamState) -> Finding:
+    url = state.upstream.url
+    if not state.healthy:
+        return problem(
+            f"upstream {url} does not answer GET {state.upstream.api_base}/models: {state.error}", _upstream_fix(state)
+        )
+    if not state.models:
+        return problem(f"upstream {url} serves no models", "check the --model the vLLM server was started with")
+    return ok(f"upstream {url} serves {', '.join(state.models)}")
+
+
+def _upstream_fix(state: UpstreamState) -> str:
+    if state.error and any(code in state.error for code in ("401", "403")):
+        return f"the server wants an API key: set `api_key:` under {state.upstream.url} in config.yml"
+    return (
+        f"start the vLLM server at {state.upstream.url} (compose: `docker compose logs vllm`) or correct its URL "
+        "in config.yml; this check runs where kodify-proxy runs, so kodify-proxy can't reach it either"
+    )
+
+
+def _tabby_findings(config: KodifyConfig, states: list[UpstreamState]) -> list[Finding]:
+    served = {model for state in states if state.healthy for model in state.models}
+    name = config.tabby_model_name
+    if name is None or not served or name in served:
+        return []
+    listed = ", ".join(sorted(served))
+    return [
+        problem(
+            f"tabby.model_name {name!r} in config.yml is not served by any upstream (served: {listed})",
+            "set tabby.model_name to one of the served models, or remove it to use the first upstream's first model",
+        )
+    ]
+
+
+# --- databases -----------------------------------------------------------------------------------------------
+
+
+def connect_error(url: URL, timeout: float) -> str | None:
+    """Why connecting to `url` and running SELECT 1 fails (the driver's first line), or None when it works."""
+    args = {} if url.drivername.startswith("sqlite") else {"connect_timeout": max(1, math.ceil(timeout))}
+    engine = create_engine(url, connect_args=args, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return _first_line(exc)
+    finally:
+        engine.dispose()
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    return Path(url.database or "").expanduser() if url.drivername.startswith("sqlite") else None
+
+
+def check_users_database(settings: Settings) -> list[Finding]:
+    """With per-user tokens (MTSAI_AUTH=true, AUTH_TYPE=DB, even if only one is set) the database at DB_URL answers."""
+    if not (settings.mtsai_auth or settings.auth_type == "DB") or settings.db_url is None:
+        return []
+    from kodify_proxy.users import database_url, describe_url
+
+    try:
+        url = database_url(settings.db_url.get_secret_value())
+    except ValueError:
+        return []  # reported with the environment
+    where = f"user database {describe_url(url)} (DB_URL)"
+    sqlite = _sqlite_file(url)
+    if sqlite is not None and not sqlite.exists():
+        return [note(f"{where}: the file does not exist yet; kodify-proxy creates it on first start")]
+    error = connect_error(url, settings.auth_db_timeout)
+    if error is None:
+        return [ok(f"{where} answers")]
+    if "does not exist" in error:
+        return [note(f"{where}: {error}; kodify-proxy creates it on first start")]
+    return [
+        problem(
+            f"{where} is unreachable: {error}",
+            "start PostgreSQL, or correct the host, port, user, password and database name in DB_URL",
+        )
+    ]
+
+
+def journal_url(settings: Settings) -> URL | None:
+    """The journal's database as the server finds it (kodify_proxy.journal.database); None when unusable."""
+    from kodify_proxy.journal.database import journal_url as server_journal_url
+
+    try:
+        return server_journal_url(settings)
+    except ValueError:
+        return None  # reported with the environment
+
+
+def check_journal(settings: Settings) -> list[Finding]:
+    """With LOGS=True the journal database answers and its migrations are at head."""
+    if not settings.logs or (settings.journal_url is None and settings.logs_db_host is None):
+        return []  # off, or not configured (reported with the environment)
+    url = journal_url(settings)
+    if url is None:
+        return []  # the missing variables are reported with the environment
+    where = f"journal database {url.render_as_string(hide_password=True)}"
+    sqlite = _sqlite_file(url)
+    if sqlite is not None and not sqlite.exists():
+        return [_not_migrated(settings, f"{where}: the file does not exist, so its migrations were never applied")]
+    error = connect_error(url, settings.journal_db_timeout)
+    if error is not None:
+        return [
+            problem(
+                f"{where} (LOGS=True) is unreachable: {error}",
+                "start PostgreSQL, or correct LOGS_DB_HOST, LOGS_DB_PORT, LOGS_DB_NAME, LOGS_DB_USERNAME "
+                "and LOGS_DB_PASSWORD (or KODIFY_JOURNAL_URL), or set LOGS=False",
+            )
+        ]
+    return [ok(f"{where} answers"), check_migrations(settings, url, where)]
+
+
+def _not_migrated(settings: Settings, message: str) -> Finding:
+    if settings.run_migrations:
+        return note(f"{message}; RUN_MIGRATIONS=1 applies them when kodify-proxy starts")
+    return problem(message, MIGRATE_FIX)
+
+
+def applied_revisions(url: URL) -> tuple[str, ...] | None:
+    """The revisions in the journal's version table; None when the table does not exist."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            return tuple(sorted(str(row[0]) for row in rows))
+    finally:
+        engine.dispose()
+
+
+def check_migrations(settings: Settings, url: URL, where: str) -> Finding:
+    """The journal's version table exists and holds the head revision of the migrations."""
+    try:
+        applied = applied_revisions(url)
+    except SQLAlchemyError as exc:
+        return problem(f"{where}: cannot read {VERSION_TABLE}: {_first_line(exc)}", MIGRATE_FIX)
+    if applied is None:
+        return _not_migrated(
+            settings, f"{where} has no {VERSION_TABLE} table: the journal's migrations were never applied"
+        )
+    heads, why = migration_heads()
+    shown = ", ".join(applied) or "none"
+    if heads is None:
+        return note(f"{where}: migrations at revision {shown}; not compared with head ({why})")
+    if set(applied) == set(heads):
+        return ok(f"{where}: migrations at head ({shown})")
+    return _not_migrated(settings, f"{where}: migrations at revision {shown}, but the head is {', '.join(heads)}")
+
+
+def find_alembic_ini() -> Path | None:
+    """alembic.ini in the working directory, the source checkout, or the guide's image path."""
+    candidates = (Path.cwd() / "alembic.ini", Path(__file__).resolve().parent.parent / "alembic.ini", GUIDE_ALEMBIC_INI)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def migration_heads() -> tuple[tuple[str, ...] | None, str]:
+    """The head revision(s) of the migrations that alembic.ini points to, or None and why not."""
+    ini = find_alembic_ini()
+    if ini is None:
+        return None, "no alembic.ini in the working directory"
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    try:
+        return tuple(sorted(ScriptDirectory.from_config(Config(str(ini))).get_heads())), str(ini)
+    except Exception as exc:  # any failure to read the scripts only skips the comparison
+        return None, f"cannot read the migrations of {ini}: {_first_line(exc)}"
+
+
+# --- preprocessing -------------------------------------------------------------------------------------------
+
+
+def check_preprocessing(settings: Settings) -> list[Finding]:
+    """COMPLETIONS_PREPROCESSING_CONFIG names a readable file that the preprocessing loader accepts."""
+    raw = settings.completions_preprocessing_config
+    if raw is None:
+        return []
+    from kodify_proxy.preprocess import load_config as load_preprocessing
+
+    try:
+        load_preprocessing(raw)
+    except ConfigError as exc:
+        return [problem(str(exc))]
+    return [ok(f"preprocessing config {raw} is valid")]

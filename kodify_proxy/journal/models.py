@@ -1,0 +1,42 @@
+"""The journal's SQLAlchemy table: one row per API request; Alembic migrations in alembic/ create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
+
+# Alembic's version table for our migrations; LiteLLM's own tables (Prisma, "LiteLLM_*") are never touched.
+VERSION_TABLE = "kodify_alembic_version"
+JOURNAL_TABLE = "kodify_journal"
+
+metadata = MetaData()
+
+journal = Table(
+    JOURNAL_TABLE,
+    metadata,
+    Column("request_id", String(64), primary_key=True),  # = litellm_call_id = response header x-litellm-call-id
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("user_id", String(255)),
+    Column("key_alias", String(255)),
+    Column("method", String(16), nullable=False),
+    Column("route", String(512), nullable=False),
+    Column("model", String(255)),
+    Column("upstream", String(512)),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(128)),
+    Column("error_message", Text),
+    Column("stream", Boolean, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("n", Integer),
+    Column("request_bytes", Integer, nullable=False),
+    Column("request_body", Text),
+    Column("request_body_truncated", Boolean, nullable=False),
+    Column("response_bytes", Integer, nullable=False),
+    Column("response_body", Text),
+    Column("response_body_truncated", Boolean, nullable=False),
+    Index("ix_kodify_journal_started_at", "started_at"),
+    Index("ix_kodify_journal_user_id", "user_id"),
+    Index("ix_kodify_journal_model", "model"),
+)

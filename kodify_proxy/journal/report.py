@@ -1,0 +1,144 @@
+"""The usage report from the journal: requests, errors, tokens and p50/p95 latency by user, model or day."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Engine, Select, case, func, literal, select
+
+from kodify_proxy.journal.models import journal
+
+Grouping = Literal["user", "model", "day"]
+GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day")
+TOTAL = "TOTAL"
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One line of the report; an error is a request with an error type (status >= 400, a cut stream)."""
+
+    key: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
+    if not sorted_values:
+        return None
+    position = fraction * (len(sorted_values) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _key(by: Grouping | None, dialect: str) -> ColumnElement[Any]:
+    if by is None:
+        return literal(TOTAL)
+    if by == "user":
+        return func.coalesce(journal.c.user_id, "-")
+    if by == "model":
+        return func.coalesce(journal.c.model, "-")
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", journal.c.started_at), "YYYY-MM-DD")
+    return func.substr(journal.c.started_at, 1, 10)  # SQLite stores 'YYYY-MM-DD HH:MM:SS…' in UTC
+
+
+def _since(query: Select[Any], since: datetime | None) -> Select[Any]:
+    return query if since is None else query.where(journal.c.started_at >= since.astimezone(UTC))
+
+
+def _totals_query(key: ColumnElement[Any], since: datetime | None, with_percentiles: bool) -> Select[Any]:
+    columns: list[ColumnElement[Any]] = [
+        key.label("key"),
+        func.count().label("requests"),
+        func.sum(case((journal.c.error_type.is_not(None), 1), else_=0)).label("errors"),
+        func.coalesce(func.sum(journal.c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(journal.c.completion_tokens), 0).label("completion_tokens"),
+    ]
+    if with_percentiles:
+        columns += [
+            func.percentile_cont(0.5).within_group(journal.c.latency_ms).label("p50_ms"),
+            func.percentile_cont(0.95).within_group(journal.c.latency_ms).label("p95_ms"),
+        ]
+    return _since(select(*columns), since).group_by(key).order_by(key)
+
+
+def _python_percentiles(
+    engine: Engine, key: ColumnElement[Any], since: datetime | None
+) -> dict[str, tuple[float | None, float | None]]:
+    """SQLite has no percentile_cont: fetch the latencies per group and interpolate here."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    query = _since(select(key.label("key"), journal.c.latency_ms), since)
+    with engine.connect() as connection:
+        for group, latency in connection.execute(query):
+            latencies[str(group)].append(float(latency))
+    return {group: (percentile(sorted(v), 0.5), percentile(sorted(v), 0.95)) for group, v in latencies.items()}
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = None) -> list[UsageRow]:
+    """Report lines per group (by=None: one TOTAL line, zero when nothing matches), ordered by group."""
+    key = _key(by, engine.dialect.name)
+    in_database = engine.dialect.name == "postgresql"
+    with engine.connect() as connection:
+        rows = connection.execute(_totals_query(key, since, in_database)).mappings().all()
+    outside = {} if in_database else _python_percentiles(engine, key, since)
+    report = []
+    for row in rows:
+        p50, p95 = (row["p50_ms"], row["p95_ms"]) if in_database else outside.get(str(row["key"]), (None, None))
+        report.append(
+            UsageRow(
+                str(row["key"]),
+                int(row["requests"]),
+                int(row["errors"]),
+                int(row["prompt_tokens"]),
+                int(row["completion_tokens"]),
+                _rounded(p50),
+                _rounded(p95),
+            )
+        )
+    if by is None and not report:
+        report.append(UsageRow(TOTAL, 0, 0, 0, 0, None, None))
+    return report
+
+
+_HEADERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "p50_ms", "p95_ms")
+
+
+def _cells(row: UsageRow) -> list[str]:
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    return [
+        row.key,
+        str(row.requests),
+        str(row.errors),
+        str(row.prompt_tokens),
+        str(row.completion_tokens),
+        shown(row.p50_ms),
+        shown(row.p95_ms),
+    ]
+
+
+def render_usage(rows: Sequence[UsageRow], total: Sequence[UsageRow], by: Grouping) -> str:
+    """A plain-text table, one line per group and a TOTAL line; numbers right-aligned."""
+    table = [[by, *_HEADERS]] + [_cells(r) for r in rows] + [_cells(r) for r in total]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = []
+    for line in table:
+        first = line[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
+        lines.append("  ".join([first, *rest]).rstrip())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""The durable local spool: append-only JSON-lines segment files (fsync'd), read back oldest first.
+
+Every batch goes through the spool before the database, so a row survives a database outage, a SIGTERM, and a
+crash after the fsync. A segment is deleted once all its rows are stored; rows read again after a crash are
+stored once because inserts are keyed on the request id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kodify_proxy.journal.record import JournalRow
+
+log = logging.getLogger("kodify_proxy.journal")
+
+SEGMENT_BYTES = 8 << 20
+_SEGMENT_GLOB = "segment-*.jsonl"
+REJECTED_NAME = "rejected.jsonl"  # lines that are not rows, or rows the database refuses; kept for a human
+
+
+class SpoolLocked(Exception):
+    """Another process already uses this spool directory."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows read from the oldest segment, and the byte offset reading stopped at."""
+
+    segment: Path
+    end: int
+    rows: tuple[JournalRow, ...]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_synced(path: Path, data: bytes) -> None:
+    with path.open("ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _segment_number(path: Path) -> int:
+    return int(path.stem.removeprefix("segment-"))
+
+
+class Spool:
+    """Append-only segments in one directory, owned by one process (flock), thread-safe."""
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._lock_fd = self._take_ownership(directory)
+        self._active: Path | None = None
+        self._cursor: tuple[Path, int] | None = None
+        existing = self._segments()
+        self._next_number = _segment_number(existing[-1]) + 1 if existing else 1
+
+    @staticmethod
+    def _take_ownership(directory: Path) -> int:
+        fd = os.open(directory / "spool.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpoolLocked(
+                f"The journal spool {directory} is in use by another process; give each kodify-proxy its own "
+                "KODIFY_JOURNAL_SPOOL_DIR (or KODIFY_STATE_DIR)"
+            ) from None
+        return fd
+
+    def close(self) -> None:
+        """Release the directory for another process."""
+        with self._lock:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob(_SEGMENT_GLOB), key=_segment_number)
+
+    def append(self, rows: Sequence[JournalRow]) -> None:
+        """Write rows durably (fsync) after everything already spooled."""
+        if not rows:
+            return
+        data = b"".join(row.model_dump_json().encode() + b"\n" for row in rows)
+        with self._lock:
+            if self._active is None:
+                self._active = self.directory / f"segment-{self._next_number:012d}.jsonl"
+                self._next_number += 1
+                _append_synced(self._active, data)
+                _fsync_dir(self.directory)
+            else:
+                _append_synced(self._active, data)
+            if self._active.stat().st_size >= self._segment_bytes:
+                self._active = None
+
+    def pending(self) -> bool:
+        """True while some spooled row is not known to be stored."""
+        with self._lock:
+            return bool(self._segments())
+
+    def pending_bytes(self) -> int:
+        """Bytes of spooled rows not known to be stored."""
+        with self._lock:
+            skip = self._cursor[1] if self._cursor is not None else 0
+            return max(0, sum(path.stat().st_size for path in self._segments()) - skip)
+
+    def read(self, limit: int) -> Chunk | None:
+        """Up to `limit` rows from the oldest segment, after those already committed; None when empty."""
+        with self._lock:
+            segments = self._segments()
+            if not segments:
+                return None
+            segment = segments[0]
+            start = self._cursor[1] if self._cursor is not None and self._cursor[0] == segment else 0
+            return self._read_segment(segment, start, limit)
+
+    def _read_segment(self, segment: Path, start: int, limit: int) -> Chunk:
+        rows: list[JournalRow] = []
+        position = start
+        with segment.open("rb") as handle:
+            handle.seek(start)
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    # Only a crash mid-write leaves a line without its newline: it never held a whole row.
+                    if segment != self._active:
+                        self._reject(line, f"torn write at the end of {segment.name}")
+                        position += len(line)
+                    break
+                position += len(line)
+                row = self._parse(line, segment)
+                if row is not None:
+                    rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return Chunk(segment, position, tuple(rows))
+
+    def _parse(self, line: bytes, segment: Path) -> JournalRow | None:
+        try:
+            return JournalRow.model_validate_json(line)
+        except ValidationError as exc:
+            self._reject(line, f"not a journal row in {segment.name}: {exc.errors()[0]['msg']}")
+            return None
+
+    def _reject(self, line: bytes, reason: str) -> None:
+        log.error("Journal spool: %s; kept in %s", reason, self.directory / REJECTED_NAME)
+        _append_synced(self.directory / REJECTED_NAME, line.rstrip(b"\n") + b"\n")
+
+    def reject(self, rows: Sequence[JournalRow], reason: str) -> None:
+        """Set aside rows the database refuses (kept in rejected.jsonl), so they don't block the rest."""
+        with self._lock:
+            for row in rows:
+                self._reject(row.model_dump_json().encode(), f"request {row.request_id}: {reason}")
+
+    def commit(self, chunk: Chunk) -> None:
+        """The chunk's rows are stored: move past them, deleting the segment once it is used up."""
+        with self._lock:
+            if chunk.end < chunk.segment.stat().st_size:
+                self._cursor = (chunk.segment, chunk.end)
+                return
+            if chunk.segment == self._active:
+                self._active = None
+            chunk.segment.unlink()
+            self._cursor = None

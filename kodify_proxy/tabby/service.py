@@ -1,0 +1,177 @@
+"""Tabby requests to and from LiteLLM's OpenAI completions: the model, the prompt, the answer, health, events."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import platform
+import time
+from functools import lru_cache
+from importlib import metadata
+from typing import Any, Final
+
+from kodify_proxy import fim
+from kodify_proxy.errors import InvalidRequest, KodifyError, UpstreamUnavailable
+from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
+from kodify_proxy.runtime import Runtime
+from kodify_proxy.tabby.protocol import (
+    Choice,
+    CompletionRequest,
+    CompletionResponse,
+    HealthState,
+    LogEventRequest,
+    Version,
+)
+
+log = logging.getLogger("kodify_proxy.tabby")
+
+# The Tabby API release whose contract these routes follow (clients/tabby-openapi/openapi.json, 0.17.0).
+TABBY_API_VERSION: Final = "0.17.0"
+DEFAULT_CONFIG: Final = "qwen"  # Tabby requests need a FIM format even when COMPLETIONS_PREPROCESSING_CONFIG is unset
+TABBY_MARKER: Final = "tabby"  # metadata.kodify_api of the OpenAI request a Tabby request becomes
+
+
+class NoCompletionModel(UpstreamUnavailable):
+    """No model can answer Tabby requests yet (Tabby itself answers 501 here)."""
+
+
+def tabby_model(rt: Runtime) -> str:
+    """config.yml `tabby.model_name`, else the first model of the first upstream (the guide's rule)."""
+    name = rt.monitor.config.tabby_model_name or rt.monitor.default_model()
+    if name is None:
+        raise NoCompletionModel(
+            "No model answers Tabby requests yet: no upstream has listed a model. Check that the vLLM server "
+            "is running, or set tabby.model_name in config.yml"
+        )
+    return name
+
+
+@lru_cache(maxsize=1)
+def _default_config() -> PreprocessingConfig:
+    return load_shipped(DEFAULT_CONFIG)
+
+
+def tabby_config(rt: Runtime) -> PreprocessingConfig:
+    """The loaded preprocessing config, else the shipped qwen.json."""
+    config = rt.preprocessing
+    return config if isinstance(config, PreprocessingConfig) else _default_config()
+
+
+def to_fim_input(request: CompletionRequest) -> fim.FimInput:
+    """The prompt builder's input: snippets in Tabby's priority order (declarations first)."""
+    segments = request.segments
+    sources = (
+        segments.declarations,
+        segments.relevant_snippets_from_changed_files,
+        segments.relevant_snippets_from_recently_opened_files,
+    )
+    snippets = tuple(fim.Snippet(item.filepath, item.body) for source in sources for item in source or ())
+    return fim.FimInput(segments.prefix, segments.suffix or "", request.language, snippets)
+
+
+def build_openai_body(
+    request: CompletionRequest, model: str, config: PreprocessingConfig
+) -> tuple[dict[str, Any], fim.FimPrompt]:
+    """The OpenAI completion body LiteLLM serves for a Tabby request, and the prompt it carries."""
+    built = fim.build_prompt(to_fim_input(request), config)
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": built.prompt,
+        "max_tokens": config.max_tokens.default,
+        "stop": list(built.stop),
+        "temperature": config.temperature if request.temperature is None else request.temperature,
+        "stream": False,
+        "metadata": {"kodify_api": TABBY_MARKER},
+    }
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return body, built
+
+
+def build_response(answer: dict[str, Any], post: fim.PostContext, config: PreprocessingConfig) -> CompletionResponse:
+    """The Tabby answer from LiteLLM's text completion, each choice post-processed; empty ones are dropped."""
+    choices = []
+    for position, choice in enumerate(answer.get("choices") or ()):
+        text = fim.postprocess(str(choice.get("text") or ""), post, config)
+        if text is not None:
+            choices.append(Choice(index=int(choice.get("index", position)), text=text))
+    return CompletionResponse(id=str(answer.get("id") or f"cmpl-{time.time_ns()}"), choices=choices)
+
+
+def parse_request(body: bytes) -> CompletionRequest:
+    """The Tabby request in `body`; InvalidRequest naming the first wrong field."""
+    from pydantic import ValidationError
+
+    try:
+        return CompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(
+            f"Invalid Tabby completion request: '{param or 'body'}': {first['msg']}; "
+            'send {"language": "...", "segments": {"prefix": "...", "suffix": "..."}}',
+            param=param,
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def _version() -> Version:
+    try:
+        ours = metadata.version("kodify-proxy")
+    except metadata.PackageNotFoundError:
+        ours = "0+unknown"
+    # tabby-agent reads semver.coerce(git_describe): it must parse as >= 0.9.0 (see TABBY_API_VERSION).
+    return Version(
+        build_date="unknown",
+        build_timestamp="unknown",
+        git_sha="unknown",
+        git_describe=f"v{TABBY_API_VERSION}-kodify-proxy-{ours}",
+    )
+
+
+def build_health(rt: Runtime) -> HealthState:
+    """Tabby's health: the Tabby model, served by vLLM upstreams (not local devices); no upstream call."""
+    try:
+        model: str | None = tabby_model(rt)
+    except KodifyError:
+        model = None
+    models = {"completion": {"remote": {"kind": "vllm/completion", "model_name": model}}} if model else {}
+    return HealthState(
+        model=model,
+        device="remote",
+        cuda_devices=[],
+        models=models,
+        arch=platform.machine() or "unknown",
+        cpu_info=platform.processor() or platform.machine() or "unknown",
+        cpu_count=os.cpu_count() or 1,
+        version=_version(),
+        webserver=False,
+    )
+
+
+def build_event(request: LogEventRequest, select_kind: str | None, user_id: str | None) -> dict[str, Any]:
+    """The event as the journal records it; `select_kind` comes from the query string, as in Tabby."""
+    return {
+        "type": request.type,
+        "completion_id": request.completion_id,
+        "choice_index": request.choice_index,
+        "view_id": request.view_id,
+        "elapsed": request.elapsed,
+        "select_kind": select_kind,
+        "user_id": user_id,
+        "ts": int(time.time() * 1000),
+    }
+
+
+async def record_event(rt: Runtime, event: dict[str, Any]) -> None:
+    """Hand the event to the journal (`record_event(dict)`, sync or async) when there is one."""
+    record = getattr(rt.journal, "record_event", None)
+    if record is None:
+        return
+    try:
+        result = record(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # the journal's problem must not fail the client's event
+        log.warning("Could not journal a Tabby %s event: %s", event["type"], type(exc).__name__)

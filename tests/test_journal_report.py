@@ -1,0 +1,153 @@
+"""`kodify-proxy usage`: exact numbers per user, model and day, on PostgreSQL and SQLite alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kodify_proxy.journal.commands import parse_since
+from kodify_proxy.journal.database import create_journal_engine, parse_url
+from kodify_proxy.journal.migrate import upgrade
+from kodify_proxy.journal.record import JournalRow
+from kodify_proxy.journal.report import UsageRow, load_usage, percentile, render_usage
+from kodify_proxy.journal.writer import JournalStore
+from tests.journal_support import fresh_database
+
+
+def row(
+    rid: str,
+    user: str | None,
+    model: str,
+    when: str,
+    latency: float,
+    tokens: tuple[int, int] | None,
+    error: str | None = None,
+) -> JournalRow:
+    return JournalRow(
+        request_id=rid,
+        started_at=datetime.fromisoformat(when),
+        user_id=user,
+        method="POST",
+        route="/v1/chat/completions",
+        model=model,
+        status=400 if error else 200,
+        error_type=error,
+        latency_ms=latency,
+        prompt_tokens=tokens[0] if tokens else None,
+        completion_tokens=tokens[1] if tokens else None,
+    )
+
+
+ROWS = [
+    row("1", "alice", "m1", "2025-11-26T23:30:00+00:00", 10, (5, 3)),
+    row("2", "alice", "m1", "2025-11-27T08:00:00+00:00", 20, (7, 2)),
+    row("3", "alice", "m2", "2025-11-27T09:00:00+03:00", 30, None, error="invalid_request_error"),
+    row("4", "bob", "m1", "2025-11-27T10:00:00+00:00", 40, (1, 1)),
+    row("5", None, "m1", "2025-11-27T11:00:00+00:00", 1, None, error="auth_error"),
+]
+BY_USER = [
+    UsageRow("-", 1, 1, 0, 0, 1.0, 1.0),
+    UsageRow("alice", 3, 1, 12, 5, 20.0, 29.0),
+    UsageRow("bob", 1, 0, 1, 1, 40.0, 40.0),
+]
+BY_MODEL = [UsageRow("m1", 4, 1, 13, 6, 15.0, 37.0), UsageRow("m2", 1, 1, 0, 0, 30.0, 30.0)]
+BY_DAY = [UsageRow("2025-11-26", 1, 0, 5, 3, 10.0, 10.0), UsageRow("2025-11-27", 4, 2, 8, 3, 25.0, 38.5)]
+TOTAL = [UsageRow("TOTAL", 5, 2, 13, 6, 20.0, 38.0)]
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def journal_url(
+    request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'journal.db'}"
+        _fill(url)
+        yield url
+        return
+    with fresh_database(database_url) as url:
+        _fill(url)
+        yield url
+
+
+def _fill(url: str) -> None:
+    upgrade(parse_url(url))
+    engine = create_journal_engine(parse_url(url))
+    JournalStore(engine).insert(ROWS)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("by", "expected"), [("user", BY_USER), ("model", BY_MODEL), ("day", BY_DAY), (None, TOTAL)])
+def test_load_usage(journal_url: str, by: str | None, expected: list[UsageRow]) -> None:
+    engine = create_journal_engine(parse_url(journal_url))
+    assert load_usage(engine, by, None) == expected  # type: ignore[arg-type]
+    engine.dispose()
+
+
+def test_since_leaves_out_older_requests(journal_url: str) -> None:
+    engine = create_journal_engine(parse_url(journal_url))
+    assert load_usage(engine, "day", parse_since("2025-11-27")) == BY_DAY[1:]
+    assert load_usage(engine, "user", parse_since("2025-11-27T09:30")) == [
+        UsageRow("-", 1, 1, 0, 0, 1.0, 1.0),
+        UsageRow("bob", 1, 0, 1, 1, 40.0, 40.0),
+    ]
+    engine.dispose()
+
+
+def test_render_usage() -> None:
+    assert render_usage(BY_MODEL, TOTAL, "model") == (
+        "model  requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms\n"
+        "m1            4       1             13                  6    15.0    37.0\n"
+        "m2            1       1              0                  0    30.0    30.0\n"
+        "TOTAL         5       2             13                  6    20.0    38.0\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "fraction", "expected"),
+    [([], 0.5, None), ([3.0], 0.95, 3.0), ([1.0, 2.0], 0.5, 1.5), ([1.0, 10.0, 20.0], 0.95, 19.0)],
+)
+def test_percentile_interpolates_like_percentile_cont(
+    values: list[float], fraction: float, expected: float | None
+) -> None:
+    assert percentile(values, fraction) == expected
+
+
+def test_parse_since() -> None:
+    assert parse_since("2025-11-27") == datetime(2025, 11, 27, tzinfo=UTC)
+    with pytest.raises(Exception, match="is not a date"):
+        parse_since("yesterday")
+
+
+def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGS", "KODIFY_JOURNAL"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "kodify_proxy.cli", "usage", "--by", "user", "--since", "2025-11-27"],
+        env={**env, "KODIFY_JOURNAL_URL": journal_url},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "user   requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms\n"
+        "-             1       1              0                  0     1.0     1.0\n"
+        "alice         2       1              7                  2    25.0    29.5\n"
+        "bob           1       0              1                  1    40.0    40.0\n"
+        "TOTAL         4       2              8                  3    25.0    38.5\n"
+    )
+
+
+def test_an_empty_journal_reports_a_zero_total(tmp_path: Path) -> None:
+    url = parse_url(f"sqlite:///{tmp_path / 'empty.db'}")
+    upgrade(url)
+    engine = create_journal_engine(url)
+    assert load_usage(engine, "user") == []
+    assert load_usage(engine, None) == [UsageRow("TOTAL", 0, 0, 0, 0, None, None)]
+    engine.dispose()
