@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything kodify-proxy itself needs on a fresh Debian/Ubuntu machine: Python venv (.venv) with the
-# package and its dev tools. Idempotent; re-running only installs what changed. The vLLM CPU environment is
+# package and its dev tools, and Node.js/npm for the tabby-agent end-to-end tests. Idempotent; re-running only installs what changed. The vLLM CPU environment is
 # separate (scripts/vllm-env.sh) because it pins its own torch.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +11,11 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v curl >/dev/null || need_apt+=(curl)
+# Node.js >= 18 and npm run the real tabby-agent in the end-to-end tests (Debian 12 ships 18).
+if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)'; then
+    need_apt+=(nodejs)
+fi
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing system packages: ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}"; exit 1
