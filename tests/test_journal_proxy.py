@@ -311,3 +311,14 @@ def test_spool_is_empty_while_the_database_is_up(journaled: tuple[Server, str], 
     while list(spool.glob("segment-*.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert spool.is_dir() and list(spool.glob("segment-*.jsonl")) == []
+
+
+def test_a_tabby_event_is_journaled_with_its_user(journaled: tuple[Server, str]) -> None:
+    proxy, url = journaled
+    event = {"type": "select", "completion_id": "cmpl-1", "choice_index": 0, "view_id": "v-1", "elapsed": 1200}
+    response = httpx.post(f"{proxy.url}/v1/events?select_kind=line", headers=AUTH, content=json.dumps(event))
+    assert response.status_code == 200 and response.content == b""
+    row = row_of(url, request_id(response))
+    assert (row["route"], row["status"], row["user_id"]) == ("/v1/events", 200, "shared")
+    assert json.loads(row["request_body"]) == event
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from typing import Any
 
 from sqlalchemy import URL
 
@@ -33,6 +34,14 @@ class Journal:
     def drain(self) -> None:
         """Journal the requests still waiting for LiteLLM's event (at shutdown, on the event loop)."""
         self._drained += self.tracker.drain()
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """A Tabby view/select/dismiss event: the request's own row (its body is the event) gets the user."""
+        from kodify_proxy.journal.middleware import current_exchange
+
+        exchange = current_exchange()
+        if exchange is not None:
+            exchange.info.user_id = event.get("user_id")
 
     def start(self) -> None:
         """Start the background writer (from the app's startup)."""
