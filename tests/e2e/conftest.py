@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.journal_support import fresh_database
 from tests.servers import REPO, Server, free_port, kodify_proxy, upstreams_yaml
 
 SERVED_MODEL = "tiny"
@@ -48,11 +51,39 @@ def _preprocessing_env() -> dict[str, str]:
     return {"COMPLETIONS_PREPROCESSING_CONFIG": str(qwen)} if qwen.exists() else {}
 
 
+class ResponseCounter:
+    """Counts every response the e2e clients get from one server: the journal must hold as many rows."""
+
+    def __init__(self) -> None:
+        self.by_base: Counter[str] = Counter()
+
+    def hook(self, response: httpx.Response) -> None:
+        self.by_base[f"{response.url.scheme}://{response.url.host}:{response.url.port}"] += 1
+
+    def http_client(self) -> httpx.Client:
+        """An httpx client for the `openai` SDK (`http_client=`) that counts its responses."""
+        return httpx.Client(timeout=60, event_hooks={"response": [self.hook]})
+
+
 @pytest.fixture(scope="session")
-def vllm_proxy(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server]:
-    """kodify-proxy (dummy auth, MAX_N=4) in front of the real vLLM server."""
+def sent() -> ResponseCounter:
+    return ResponseCounter()
+
+
+@pytest.fixture(scope="session")
+def journal_url(database_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database for the e2e proxy's request journal."""
+    with fresh_database(database_url, prefix="kodify_e2e_journal") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_proxy(tmp_path_factory: pytest.TempPathFactory, vllm: str, journal_url: str) -> Iterator[Server]:
+    """kodify-proxy (dummy auth, MAX_N=4, LOGS=True into `journal_url`) in front of the real vLLM server."""
     tmp: Path = tmp_path_factory.mktemp("vllm-proxy")
-    server = kodify_proxy(tmp, upstreams_yaml(vllm), env={"MAX_N": "4", **_preprocessing_env()}, name="vllm-proxy")
+    journal = {"LOGS": "True", "KODIFY_JOURNAL_URL": journal_url, "RUN_MIGRATIONS": "1"}
+    env = {"MAX_N": "4", **journal, **_preprocessing_env()}
+    server = kodify_proxy(tmp, upstreams_yaml(vllm), env=env, name="vllm-proxy")
     server.start()
     yield server
     server.stop()

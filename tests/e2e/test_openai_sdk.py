@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import SERVED_MODEL
+from tests.e2e.conftest import SERVED_MODEL, ResponseCounter
+from tests.journal_support import journal_rows
 from tests.servers import Server, fake_upstream, free_port, kodify_proxy, upstreams_yaml
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
 
 
+@pytest.fixture
+def client(vllm_proxy: Server, sent: ResponseCounter) -> openai.OpenAI:
+    """The official SDK pointed at the journaling proxy; every response it gets is counted."""
+    return openai.OpenAI(
+        base_url=vllm_proxy.url + "/v1", api_key="unused", max_retries=0, http_client=sent.http_client()
+    )
+
+
 def _client(proxy: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def test_models(vllm_proxy: Server) -> None:
-    (model,) = _client(vllm_proxy).models.list().data
+def test_models(client: openai.OpenAI) -> None:
+    (model,) = client.models.list().data
     assert model.id == SERVED_MODEL
 
 
-def test_chat(vllm_proxy: Server) -> None:
-    reply = _client(vllm_proxy).chat.completions.create(
+def test_chat(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
         model=SERVED_MODEL,
         messages=MESSAGES,
         max_tokens=8,
@@ -35,8 +45,8 @@ def test_chat(vllm_proxy: Server) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens >= 1
 
 
-def test_streamed_chat(vllm_proxy: Server) -> None:
-    stream = _client(vllm_proxy).chat.completions.create(
+def test_streamed_chat(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
         model=SERVED_MODEL,
         messages=MESSAGES,
         max_tokens=8,
@@ -47,8 +57,8 @@ def test_streamed_chat(vllm_proxy: Server) -> None:
     assert len(pieces) >= 2 and "".join(pieces)
 
 
-def test_completions_with_vllm_sampling_parameters(vllm_proxy: Server) -> None:
-    reply = _client(vllm_proxy).completions.create(
+def test_completions_with_vllm_sampling_parameters(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
         model=SERVED_MODEL,
         prompt="def add(a, b):\n    return",
         max_tokens=6,
@@ -61,28 +71,28 @@ def test_completions_with_vllm_sampling_parameters(vllm_proxy: Server) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 12
 
 
-def test_n_above_max_n(vllm_proxy: Server) -> None:
+def test_n_above_max_n(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        _client(vllm_proxy).chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, n=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, n=5)  # type: ignore[arg-type]
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == "n" and "MAX_N=4" in error["message"]
 
 
-def test_unknown_model(vllm_proxy: Server) -> None:
+def test_unknown_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        _client(vllm_proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
     assert SERVED_MODEL in str(caught.value)
 
 
-def test_vllm_own_validation_reaches_the_client_cleanly(vllm_proxy: Server) -> None:
+def test_vllm_own_validation_reaches_the_client_cleanly(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        _client(vllm_proxy).completions.create(model=SERVED_MODEL, prompt="x", max_tokens=100000)
+        client.completions.create(model=SERVED_MODEL, prompt="x", max_tokens=100000)
     error = caught.value.body
     assert isinstance(error, dict)
     assert error["param"] == "max_tokens" and error["type"] == "invalid_request_error"
     assert error["message"].startswith("max_tokens=100000 cannot be greater than max_model_len=512")
     with pytest.raises(openai.BadRequestError) as greedy:
-        _client(vllm_proxy).chat.completions.create(
+        client.chat.completions.create(
             model=SERVED_MODEL,
             messages=MESSAGES,
             n=2,
@@ -113,3 +123,19 @@ def test_stopped_upstream(tmp_path: Path, vllm: str) -> None:
         assert httpx.get(lonely.url + "/health").status_code == 503
     finally:
         lonely.stop()
+
+
+def test_zz_every_request_of_the_sdk_is_in_the_journal(
+    vllm_proxy: Server, journal_url: str, sent: ResponseCounter
+) -> None:
+    """Runs last in this file: as many journal rows as responses the SDK got (2xx and errors), no duplicates."""
+    expected = sent.by_base[vllm_proxy.url]
+    assert expected >= 8
+    deadline = time.monotonic() + 30
+    rows = journal_rows(journal_url)
+    while len(rows) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = journal_rows(journal_url)
+    assert len(rows) == expected
+    assert len({r["request_id"] for r in rows}) == expected
+    assert {r["status"] for r in rows} >= {200, 400, 404}
