@@ -1,4 +1,4 @@
-"""GET /health: no auth, no model call; each upstream from a quick GET /v1/models, and the user database."""
+"""GET /health: no auth, no model call; each upstream from a quick GET /v1/models, the user and journal databases."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ async def probe_users_database(users: Any) -> dict[str, Any]:
     return {"healthy": True, "where": users.store.where(), "error": None}
 
 
+def journal_health(journal: Any) -> dict[str, Any]:
+    """The journal writer's last known state: no query, the writer already knows whether its database answers."""
+    from kodify_proxy.journal.database import render_url
+
+    status = journal.writer.status()
+    return {"healthy": status["database"] == "up", "where": render_url(journal.url), **status}
+
+
 @router.get("/health", include_in_schema=True)
 async def health() -> JSONResponse:
     """Report upstreams and the user database without authentication."""
@@ -55,6 +63,8 @@ async def health() -> JSONResponse:
     async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
         await rt.monitor.refresh(client, proxy_server.llm_router)
     databases = {"users": await probe_users_database(rt.users)} if rt.users is not None else {}
+    if rt.journal is not None:
+        databases["journal"] = journal_health(rt.journal)
     states = [rt.monitor.states[u.url] for u in rt.monitor.upstreams]
     status, body = build_health(states, rt.monitor.served_models(), databases)
     return JSONResponse(body, status_code=status)

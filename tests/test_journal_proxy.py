@@ -322,3 +322,10 @@ def test_a_tabby_event_is_journaled_with_its_user(journaled: tuple[Server, str])
     assert (row["route"], row["status"], row["user_id"]) == ("/v1/events", 200, "shared")
     assert json.loads(row["request_body"]) == event
 
+
+def test_health_reports_the_journal(journaled: tuple[Server, str]) -> None:
+    proxy, _ = journaled
+    journal = httpx.get(f"{proxy.url}/health").json()["databases"]["journal"]
+    assert journal["healthy"] is True and journal["database"] == "up" and journal["error"] is None
+    assert journal["stored_rows"] >= 1 and "password" not in journal["where"]
+
