@@ -328,4 +328,3 @@ def test_health_reports_the_journal(journaled: tuple[Server, str]) -> None:
     journal = httpx.get(f"{proxy.url}/health").json()["databases"]["journal"]
     assert journal["healthy"] is True and journal["database"] == "up" and journal["error"] is None
     assert journal["stored_rows"] >= 1 and "password" not in journal["where"]
-
