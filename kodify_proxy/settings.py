@@ -380,10 +380,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     names = {f.validation_alias for f in Settings.model_fields.values()}
     values = {k: v for k, v in source.items() if k in names}
     try:
-        settings = Settings.model_validate(values)
+        return _checked(Settings.model_validate(values), [])
     except ValidationError as exc:
-        raise SettingsError(_problems_from(exc)) from None
-    problems = _cross_check(settings)
+        field_problems = _problems_from(exc)
+        invalid = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    # The cross-variable checks still run on the valid variables, so one run names every problem.
+    try:
+        rest = Settings.model_validate({k: v for k, v in values.items() if k not in invalid})
+    except ValidationError:
+        raise SettingsError(field_problems) from None
+    return _checked(rest, field_problems)
+
+
+def _checked(settings: Settings, problems: list[str]) -> Settings:
+    problems = problems + _cross_check(settings)
     if problems:
         raise SettingsError(problems)
     return settings

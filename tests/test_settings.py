@@ -69,3 +69,12 @@ def test_a_given_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_empty_auth_type_means_not_set() -> None:
     assert load_settings({"AUTH_TYPE": ""}).auth_type == "NO"
+
+
+def test_cross_variable_problems_are_reported_with_invalid_values() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"MAX_N": "0", "MTSAI_AUTH": "true", "LOGS": "True"})
+    problems = caught.value.problems
+    assert problems[0].startswith("MAX_N='0' is invalid")
+    assert any(p.startswith("MTSAI_AUTH=true") and "AUTH_TYPE=DB" in p for p in problems)
+    assert any(p.startswith("LOGS=True needs LOGS_DB_HOST") for p in problems)
