@@ -3,7 +3,8 @@
 `python -m tests.fake_upstream --port P --model NAME [--model NAME2]`. It echoes, records the last request
 body (GET /_last), counts requests by content (GET /_count?contains=X) and sleeps `SLEEP:<seconds>` when a
 prompt or message contains that marker. A completion prompt containing `REPLY:<JSON string>` gets that string
-as its text (post-processing tests).
+as its text (post-processing tests); `REPLY:[<JSON strings>]` gives the text in pieces, which a stream sends as
+its chunks (choices interleaved), and a streamed `REPLY:"…"` goes out in chunks of two characters.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 _SLEEP = re.compile(r"SLEEP:([0-9.]+)")
-_REPLY = re.compile(r'REPLY:("(?:[^"\\]|\\.)*")')
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_REPLY = re.compile(rf"REPLY:({_STRING}|\[\s*{_STRING}(?:\s*,\s*{_STRING})*\s*\])")
 _state: dict[str, Any] = {"models": ["fake-model"], "last": None, "texts": []}
 
 
@@ -108,22 +110,39 @@ async def completions(request: Request) -> Response:
         return error
     n = int(body.get("n") or 1)
     base = {"id": "cmpl-fake", "created": int(time.time()), "model": body["model"], "object": "text_completion"}
+    pieces = _reply_pieces(_text_of(body))
     if body.get("stream"):
         chunks = [
             dict(base, choices=[{"index": i, "text": w, "finish_reason": None, "logprobs": None}])
             for i in range(n)
             for w in (" return", " 42")
         ]
+        if pieces is not None:
+            chunks = [
+                dict(base, choices=[{"index": i, "text": w, "finish_reason": None, "logprobs": None}])
+                for w in pieces
+                for i in range(n)
+            ]
         chunks.append(
             dict(
                 base, choices=[{"index": i, "text": "", "finish_reason": "length", "logprobs": None} for i in range(n)]
             )
         )
         return _sse(chunks)
-    reply = _REPLY.search(_text_of(body))
-    text = json.loads(reply.group(1)) if reply else " return 42"
+    text = "".join(pieces) if pieces is not None else " return 42"
     choices = [{"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i in range(n)]
     return JSONResponse(dict(base, choices=choices, usage=_usage()))
+
+
+def _reply_pieces(prompt: str) -> list[str] | None:
+    """The REPLY marker's text in stream chunks; None without a marker."""
+    reply = _REPLY.search(prompt)
+    if reply is None:
+        return None
+    value = json.loads(reply.group(1))
+    if isinstance(value, list):
+        return [str(piece) for piece in value]
+    return [value[i : i + 2] for i in range(0, len(value), 2)] or [""]
 
 
 async def embeddings(request: Request) -> Response:

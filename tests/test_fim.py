@@ -404,6 +404,103 @@ def test_post_state_round_trip() -> None:
     assert fim.post_from_state(json.loads(json.dumps(fim.post_state(post)))) == post
 
 
+# --- streamed completions: the incremental cut ---------------------------------------------------------------------
+
+QWEN_SPECIAL = ("<|fim_middle|>", "<|endoftext|>", "<|file_sep|>")
+STOPS = ("<STOP5>", "\n#")
+# (name, needles, leading tokens, crlf, chunks, what goes out after each chunk (the last one final), stopped)
+STREAM = [
+    ("no match", STOPS, (), False, ["def f", "(x):", " ret"], ["def f", "(x):", " ret"], False),
+    ("stop split across chunks", STOPS, (), False, ["a = 1<ST", "OP5>junk", "more"], ["a = 1", "", ""], True),
+    ("stop in one chunk", STOPS, (), False, ["a<STOP5>b", "c"], ["a", ""], True),
+    ("partial stop that is not one", STOPS, (), False, ["a<ST", "ART>"], ["a", "<START>"], False),
+    (
+        "special token split",
+        QWEN_SPECIAL + STOPS,
+        QWEN_SPECIAL,
+        False,
+        ["x + 1<|endo", "ftext|>", "garbage"],
+        ["x + 1", "", ""],
+        True,
+    ),
+    (
+        "leading special token dropped",
+        QWEN_SPECIAL,
+        QWEN_SPECIAL,
+        False,
+        ["<|fim_", "middle|><|endoftext|", ">x", " + 1<|file_sep|>b.py"],
+        ["", "", "x", " + 1"],
+        True,
+    ),
+    ("stop at the very start", STOPS, (), False, ["<STOP5>", "x"], ["", ""], True),
+    ("stop at the start, split", STOPS, (), False, ["<", "STOP5>", "x"], ["", "", ""], True),
+    ("newline stop held until decided", STOPS, (), False, ["a\n", "b", "\n", "#c"], ["a", "\nb", "", ""], True),
+    ("held tail flushed at the end", STOPS, (), False, ["a", "<STO"], ["a", "<STO"], False),
+    ("CRLF restored", STOPS, (), True, ["b()\n", "    c()\n", "#x"], ["b()", "\r\n    c()", ""], True),
+    ("CRLF from the model, split", STOPS, (), True, ["b()\r", "\n#x"], ["b()", ""], True),
+    ("CR kept until its LF", (), (), False, ["a\r", "\nb\r"], ["a", "\nb\r"], False),
+    ("earlier longer needle wins", ("abcd", "c"), (), False, ["xab", "cd!"], ["x", ""], True),
+    ("later full needle waits for an earlier partial", ("abcd", "c"), (), False, ["xab", "ce"], ["x", "ab"], True),
+    ("no needles", (), (), False, ["a", "<STOP5>"], ["a", "<STOP5>"], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "needles", "leading", "crlf", "chunks", "outputs", "stopped"), STREAM, ids=[s[0] for s in STREAM]
+)
+def test_stream_cut(
+    name: str,
+    needles: tuple[str, ...],
+    leading: tuple[str, ...],
+    crlf: bool,
+    chunks: list[str],
+    outputs: list[str],
+    stopped: bool,
+) -> None:
+    cut = fim.StreamCut(needles, leading=leading, crlf=crlf)
+    got = [cut.feed(chunk, final=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+    assert got == outputs and cut.stopped is stopped
+
+
+def test_stream_cut_agrees_with_postprocess() -> None:
+    config = load_shipped("qwen")
+    post = fim.PostContext(crlf=True, cursor_line="    ", line_rest="", stop=("<STOP5>", "\n\n"))
+    text = "<|fim_middle|>a()\r\n    b()<STOP5>c\n\n<|endoftext|>"
+    for size in (1, 2, 3, 7):
+        cut = fim.build_stream_cut(post, config)
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        streamed = "".join(cut.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces))
+        assert streamed == fim.postprocess(text, post, config) == "a()\r\n    b()"
+
+
+def test_stream_cuts_of_interleaved_choices() -> None:
+    cuts = {0: fim.StreamCut(STOPS), 1: fim.StreamCut(STOPS)}
+    chunks = [(0, "one<ST"), (1, "two"), (0, "OP5>x"), (1, "<STO"), (1, "P"), (0, "y"), (1, "!")]
+    out = {0: "", 1: ""}
+    for index, text in chunks:
+        out[index] += cuts[index].feed(text)
+    out[1] += cuts[1].feed("", final=True)
+    assert out == {0: "one", 1: "two<STOP!"}
+    assert cuts[0].stopped and not cuts[1].stopped
+
+
+@pytest.mark.parametrize(
+    ("line_rest", "strip", "text", "expected"),
+    [
+        ("", True, "a\nb<|endoftext|>c", "a\nb"),
+        (")", True, "a, b\nc", "a, b"),  # text after the cursor on its line: one line, as postprocess
+        ("", False, "a<|endoftext|>b<STOP5>c", "a<|endoftext|>b"),  # strip_special_tokens off: only stops
+    ],
+)
+def test_build_stream_cut_follows_the_config(line_rest: str, strip: bool, text: str, expected: str) -> None:
+    config = load_shipped("qwen")
+    config = config.model_copy(
+        update={"postprocess": config.postprocess.model_copy(update={"strip_special_tokens": strip})}
+    )
+    cut = fim.build_stream_cut(fim.PostContext(False, "x = ", line_rest, stop=("<STOP5>",)), config)
+    assert cut.feed(text, final=True) == expected
+
+
 # --- the config loader ---------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from kodify_proxy import fim
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped, parse_config
-from tests.e2e.conftest import SERVED_MODEL
+from tests.e2e.conftest import SERVED_MODEL, ResponseCounter
 from tests.e2e.tabby_agent_driver import (
     RecordingRelay,
     install_agent,
@@ -139,7 +139,7 @@ def test_tabby_agent_with_a_wrong_token_is_unauthorized(agent_cli: Path, relay: 
     assert all(status == 401 for _, _, status in seen), seen
 
 
-def test_openai_sdk_legacy_completion_with_suffix(vllm_proxy: Server, vllm: str) -> None:
+def test_openai_sdk_legacy_completion_with_suffix(vllm_proxy: Server, vllm: str, sent: ResponseCounter) -> None:
     prefix, suffix = "def add(a, b):\n    return ", "\n\n\nprint(add(1, 2))\n"
     rejected = httpx.post(
         vllm + "/v1/completions",
@@ -147,7 +147,10 @@ def test_openai_sdk_legacy_completion_with_suffix(vllm_proxy: Server, vllm: str)
         json={"model": SERVED_MODEL, "prompt": prefix, "suffix": suffix, "max_tokens": 4},
     )
     assert rejected.status_code == 400 and "suffix" in rejected.text  # why the proxy folds it into the prompt
-    client = openai.OpenAI(base_url=vllm_proxy.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    # The counting client: this proxy journals, and the journal check compares rows with responses counted.
+    client = openai.OpenAI(
+        base_url=vllm_proxy.url + "/v1", api_key="unused", max_retries=0, http_client=sent.http_client()
+    )
     reply = client.completions.create(model=SERVED_MODEL, prompt=prefix, suffix=suffix, max_tokens=4, temperature=0)
     text = reply.choices[0].text
     assert text.strip()

@@ -1,0 +1,94 @@
+"""Streamed FIM completions cut by kodify-proxy: the `openai` SDK, a real proxy process, the fake upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.servers import Server, kodify_proxy, upstreams_yaml
+
+# The 5th and 6th stop strings go past the upstream's 4 (qwen.json: upstream_stop_limit 4).
+CLIENT_STOP = ["<A>", "<B>", "<C>", "<D>", "<STOP5>", "<STOP6>"]
+
+
+@pytest.fixture(scope="module")
+def stream_proxy(session_tmp: Path, upstream: Server) -> Iterator[Server]:
+    """Dummy auth, COMPLETIONS_PREPROCESSING_CONFIG=preprocess_configs/qwen.json."""
+    env = {"COMPLETIONS_PREPROCESSING_CONFIG": "preprocess_configs/qwen.json"}
+    server = kodify_proxy(session_tmp, upstreams_yaml(upstream.url), env=env, name="fim-stream-proxy").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stream_proxy: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stream_proxy.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def _stream(
+    client: openai.OpenAI, pieces: list[str], prompt: str = "x = ", suffix: str = "\n", n: int = 1
+) -> tuple[list[str], list[str | None], int]:
+    """Each choice's assembled text and last finish_reason, and how many chunks came."""
+    stream = client.completions.create(
+        model="fake-model",
+        prompt=f"# REPLY:{json.dumps(pieces)}\n{prompt}",
+        suffix=suffix,
+        max_tokens=32,
+        temperature=0,
+        stop=CLIENT_STOP,
+        stream=True,
+        n=n,
+    )
+    texts: list[str] = [""] * n
+    finish: list[str | None] = [None] * n
+    count = 0
+    for chunk in stream:
+        count += 1
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text or ""
+            finish[choice.index] = choice.finish_reason or finish[choice.index]
+    return texts, finish, count
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text"),
+    [
+        (["a = 1", "<ST", "OP5>", "junk"], "a = 1"),  # the 5th stop, split across chunks
+        (["b", "(2)<S", "TOP6>c"], "b(2)"),  # the 6th
+        (["c()", "<|endo", "ftext|>", "more"], "c()"),  # a special token split across chunks
+        (["<|fim_", "middle|>d()", "<|file_sep|>x"], "d()"),  # a leading special token is dropped
+        (["e", "\n\n", "f"], "e"),  # the config's "\n\n", 7th after the client's six
+        (["<STOP5>", "g"], ""),  # a stop at the very start
+    ],
+)
+def test_stream_cut_at_stops_and_special_tokens(client: openai.OpenAI, pieces: list[str], text: str) -> None:
+    texts, finish, _ = _stream(client, pieces)
+    assert texts == [text] and finish == ["stop"]
+
+
+def test_stream_without_a_match_is_unchanged(client: openai.OpenAI) -> None:
+    pieces = ["def f", "(x):", " <S", "TOP", " ret", "urn x <|", "fim x"]
+    texts, finish, count = _stream(client, pieces)
+    assert texts == ["".join(pieces)] and finish == ["length"]
+    assert count >= 5  # passed on chunk by chunk, not buffered
+
+
+def test_stream_crlf_round_trip(client: openai.OpenAI) -> None:
+    texts, finish, _ = _stream(client, ["b()\r", "\n    c()", "<STOP6>"], prompt="if a:\r\n    ", suffix="\r\n")
+    assert texts == ["b()\r\n    c()"] and finish == ["stop"]
+
+
+def test_stream_one_line_when_the_cursor_line_goes_on(client: openai.OpenAI) -> None:
+    texts, _, _ = _stream(client, ["a, ", "b\nc = 1"], prompt="print(", suffix=")\n")
+    assert texts == ["a, b"]
+
+
+def test_stream_plain_prompt_is_not_touched(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="fake-model", prompt=f"REPLY:{json.dumps(['a<|endo', 'ftext|>b'])}", max_tokens=8, stream=True
+    )
+    assert "".join(choice.text or "" for chunk in stream for choice in chunk.choices) == "a<|endoftext|>b"
