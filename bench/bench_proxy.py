@@ -5,7 +5,8 @@ Usage: .venv/bin/python -m bench.bench_proxy [--upstream URL --model NAME] [--re
 Without --upstream it starts the fake upstream (tests/fake_upstream.py), so the numbers are the proxies' own
 cost. It starts kodify-proxy (dummy auth, our hooks) and bare `litellm --config` with the same model_list and a
 master key, then measures the three targets in interleaved rounds from one client process (httpx, keep-alive):
-sequential requests (concurrency 1) and 16 concurrent clients, for chat and text completions.
+sequential requests (concurrency 1) and 16 concurrent clients, for chat, text completions and streamed chat
+(read to the end).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def bodies(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
             {"model": model, "messages": [{"role": "user", "content": "def fib(n):"}], "max_tokens": 8},
         ),
         "text": ("/v1/completions", {"model": model, "prompt": "def fib(n):", "max_tokens": 8}),
+        "stream": (
+            "/v1/chat/completions",
+            {"model": model, "messages": [{"role": "user", "content": "def fib(n):"}], "max_tokens": 8, "stream": True},
+        ),
     }
 
 

@@ -6,8 +6,6 @@ import ast
 import json
 import logging
 import re
-from collections import defaultdict
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -26,14 +24,14 @@ from kodify_proxy.errors import (
     UpstreamUnavailable,
 )
 from kodify_proxy.fim import (
-    StreamCut,
     build_stream_cut,
     post_from_state,
     post_state,
     postprocess_choices,
     rewrite_openai_body,
 )
-from kodify_proxy.middleware import file_error
+from kodify_proxy.fim_stream import SseCutter
+from kodify_proxy.middleware import file_error, file_stream_cutter
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig
 from kodify_proxy.protocol import validate_request
@@ -176,33 +174,12 @@ def apply_fim(data: dict[str, Any], config: PreprocessingConfig | None) -> None:
     if config is None or metadata.get("kodify_api") == "tabby":
         return
     built = rewrite_openai_body(data, config)
-    if built is not None:
-        metadata[_FIM_STATE] = post_state(built.post)
-
-
-def cut_stream_chunk(chunk: Any, cuts: dict[int, StreamCut]) -> bool:
-    """Cut each choice of a streamed text-completion chunk in place; False when nothing is left to send.
-
-    A choice whose cut matched ends with finish_reason "stop"; its later chunks are dropped. A chunk without
-    choices (usage) passes unchanged.
-    """
-    choices = getattr(chunk, "choices", None)
-    if not choices:
-        return True
-    kept = []
-    for choice in choices:
-        cut = cuts[getattr(choice, "index", 0) or 0]
-        if cut.stopped:
-            continue
-        finish = getattr(choice, "finish_reason", None)
-        text = cut.feed(getattr(choice, "text", None) or "", final=finish is not None)
-        if cut.stopped:
-            choice.finish_reason = finish = "stop"
-        if text or finish is not None:
-            choice.text = text
-            kept.append(choice)
-    chunk.choices = kept
-    return bool(kept)
+    if built is None:
+        return
+    metadata[_FIM_STATE] = post_state(built.post)
+    if data.get("stream") is True:
+        post = built.post
+        file_stream_cutter(SseCutter(lambda: build_stream_cut(post, config)))
 
 
 class KodifyHooks(CustomLogger):
@@ -234,22 +211,6 @@ class KodifyHooks(CustomLogger):
         if isinstance(state, dict) and config is not None:
             postprocess_choices(response, post_from_state(state), config)
         return None
-
-    async def async_post_call_streaming_iterator_hook(
-        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
-    ) -> AsyncGenerator[Any, None]:
-        """Cut streamed FIM completions at special tokens and the stops vLLM did not get, chunk by chunk."""
-        state = (request_data.get("metadata") or {}).get(_FIM_STATE)
-        config = runtime.current().preprocessing
-        if not isinstance(state, dict) or config is None:
-            async for chunk in response:
-                yield chunk
-            return
-        post = post_from_state(state)
-        cuts: dict[int, StreamCut] = defaultdict(lambda: build_stream_cut(post, config))
-        async for chunk in response:
-            if cut_stream_chunk(chunk, cuts):
-                yield chunk
 
     async def async_post_call_failure_hook(
         self,

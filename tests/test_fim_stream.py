@@ -1,4 +1,5 @@
-"""Streamed FIM completions cut by kodify-proxy: the `openai` SDK, a real proxy process, the fake upstream."""
+"""Streamed FIM completions cut by kodify-proxy: the pure SSE cutter, and the `openai` SDK against a real proxy
+process and the fake upstream."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from kodify_proxy.fim import StreamCut
+from kodify_proxy.fim_stream import SseCutter
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 
 # The 5th and 6th stop strings go past the upstream's 4 (qwen.json: upstream_stop_limit 4).
@@ -92,3 +95,44 @@ def test_stream_plain_prompt_is_not_touched(client: openai.OpenAI) -> None:
         model="fake-model", prompt=f"REPLY:{json.dumps(['a<|endo', 'ftext|>b'])}", max_tokens=8, stream=True
     )
     assert "".join(choice.text or "" for chunk in stream for choice in chunk.choices) == "a<|endoftext|>b"
+
+
+# --- the pure SSE cutter (kodify_proxy/fim_stream.py) ---
+
+
+def _event(text: str | None, finish: str | None = None, index: int = 0) -> bytes:
+    choice: dict[str, object] = {"index": index, "finish_reason": finish}
+    if text is not None:
+        choice["text"] = text
+    return b"data: " + json.dumps({"id": "c", "choices": [choice]}).encode() + b"\n\n"
+
+
+def _texts(output: bytes) -> list[tuple[str, str | None]]:
+    events = [e for e in output.split(b"\n\n") if e.startswith(b"data: {")]
+    return [(c.get("text", ""), c["finish_reason"]) for e in events for c in json.loads(e[len(b"data: ") :])["choices"]]
+
+
+def test_sse_cutter_cuts_a_stop_split_across_events_and_network_reads() -> None:
+    stream = _event("ret") + _event("urn 1<ST") + _event("OP5> more") + _event(None, "length") + b"data: [DONE]\n\n"
+    cutter = SseCutter(lambda: StreamCut(("<STOP5>",)))
+    reads = [stream[i : i + 7] for i in range(0, len(stream), 7)]  # events split at arbitrary byte offsets
+    output = b"".join(cutter.feed(r, final=i == len(reads) - 1) for i, r in enumerate(reads))
+    assert "".join(t for t, _ in _texts(output)) == "return 1"
+    assert _texts(output)[-1][1] == "stop"
+    assert output.endswith(b"data: [DONE]\n\n")
+
+
+def test_sse_cutter_passes_an_unmatched_stream_and_holds_only_a_possible_start() -> None:
+    cutter = SseCutter(lambda: StreamCut(("<STOP5>",)))
+    assert _texts(cutter.feed(_event("x = 1"), final=False)) == [("x = 1", None)]
+    assert _texts(cutter.feed(_event(" <ST"), final=False)) == [(" ", None)]  # "<ST" may start "<STOP5>"
+    tail = cutter.feed(_event("OP"), final=False) + cutter.feed(_event(None, "length"), final=True)
+    assert _texts(tail) == [("<STOP", "length")]
+
+
+def test_sse_cutter_leaves_usage_done_and_comments_alone() -> None:
+    usage = b'data: {"id":"c","choices":[],"usage":{"total_tokens":3}}\n\n'
+    cutter = SseCutter(lambda: StreamCut(("<STOP5>",)))
+    assert cutter.feed(b": keep-alive\n\n" + usage + b"data: [DONE]\n\n", final=True) == (
+        b": keep-alive\n\n" + usage + b"data: [DONE]\n\n"
+    )
