@@ -95,9 +95,14 @@ def _is_event_stream(start: Message) -> bool:
 
 
 async def _send_error(send: Send, error: KodifyError, original_start: Message) -> None:
-    body = json.dumps(error.to_body()).encode()
     keep = {b"x-litellm-call-id", b"x-request-id"}
-    headers: list[Any] = [(k, v) for k, v in original_start.get("headers", []) if k.lower() in keep]
-    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    headers = [(k, v) for k, v in original_start.get("headers", []) if k.lower() in keep]
+    await send_json(send, error.status_code, error.to_body(), headers)
+
+
+async def send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """One complete JSON response over ASGI."""
+    data = json.dumps(body, ensure_ascii=False).encode()
+    extra = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*(headers or []), *extra]})
+    await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -44,13 +44,13 @@ class UpstreamMonitor:
         """Model names any upstream serves or served, in config order, without repeats."""
         names: dict[str, None] = {}
         for upstream in self.upstreams:
-            for model in upstream.models or self.states[upstream.url].models:
+            for model in self.states[upstream.url].models:
                 names.setdefault(model, None)
         return list(names)
 
     def upstreams_for(self, model: str) -> list[UpstreamState]:
         """The states of the upstreams that serve `model`."""
-        return [self.states[u.url] for u in self.upstreams if model in (u.models or self.states[u.url].models)]
+        return [self.states[u.url] for u in self.upstreams if model in self.states[u.url].models]
 
     def default_model(self) -> str | None:
         """The first model of the first upstream that has one (the guide's Tabby default)."""
@@ -77,14 +77,10 @@ class UpstreamMonitor:
 
     def routable(self) -> dict[str, tuple[str, ...]]:
         """Upstream URL -> models to route there: a down upstream keeps a model only if no healthy one has it."""
-        served_healthy = {m for s in self.states.values() if s.healthy for m in self._models_of(s)}
+        served_healthy = {m for s in self.states.values() if s.healthy for m in s.models}
         return {
-            url: tuple(m for m in self._models_of(s) if s.healthy or m not in served_healthy)
-            for url, s in self.states.items()
+            url: tuple(m for m in s.models if s.healthy or m not in served_healthy) for url, s in self.states.items()
         }
-
-    def _models_of(self, state: UpstreamState) -> tuple[str, ...]:
-        return state.upstream.models or state.models
 
     def wanted_deployments(self) -> dict[str, dict[str, Any]]:
         """Deployment id -> LiteLLM model_list entry for everything currently routable."""

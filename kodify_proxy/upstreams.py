@@ -152,7 +152,7 @@ def load_config(path: Path) -> KodifyConfig:
 
 @dataclass
 class UpstreamState:
-    """What the last check of one upstream found."""
+    """What the last check of one upstream found; `models` are the ones to route there (configured or discovered)."""
 
     upstream: Upstream
     healthy: bool = False
@@ -171,7 +171,8 @@ def _auth_headers(upstream: Upstream) -> dict[str, str]:
 async def check_upstream(client: httpx.AsyncClient, upstream: Upstream) -> UpstreamState:
     """GET {upstream}/v1/models: is it up, and which models does it serve."""
     loop = asyncio.get_running_loop()
-    state = UpstreamState(upstream=upstream, checked_at=loop.time())
+    # Configured `models:` are served even while the upstream is down; discovery only fills the rest.
+    state = UpstreamState(upstream=upstream, checked_at=loop.time(), models=upstream.models or ())
     try:
         response = await client.get(f"{upstream.api_base}/models", headers=_auth_headers(upstream))
         response.raise_for_status()

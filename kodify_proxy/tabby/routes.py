@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kodify_proxy import runtime
 from kodify_proxy.errors import InvalidRequest, KodifyError, UpstreamFailed
+from kodify_proxy.middleware import send_json
 from kodify_proxy.tabby import service
 from kodify_proxy.tabby.protocol import HealthState, LogEventRequest, ServerSetting
 
@@ -106,14 +107,6 @@ def _with_json_body(scope: Scope, length: int) -> Scope:
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
     headers += [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
     return {**scope, "headers": headers}
-
-
-async def send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """One JSON response."""
-    data = json.dumps(body, ensure_ascii=False).encode()
-    extra = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": [*(headers or []), *extra]})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 class _Captured:
