@@ -1,29 +1,29 @@
-"""LiteLLM custom_auth: the guide's three modes (dummy, one shared token, per-user DB tokens) and the token cache.
+"""Auth: the guide's three modes (dummy, one shared token, per-user DB tokens), the token cache, LiteLLM's hook.
 
-Rejections raise `ProxyException` (a hard reject). Any other exception makes LiteLLM fall back to its own auth
-(`custom_auth_settings: {mode: auto}`, litellm_enterprise/proxy/auth/user_api_key_auth.py), which we use for the
-master key only, so LiteLLM's admin routes and UI keep working with it.
+The gateway authenticates every client request first (`Authenticator.client`) and leaves the identity in the ASGI
+scope; LiteLLM's custom_auth (`user_api_key_auth`) only hands it on. Anything else LiteLLM sees (the master key on
+its admin routes) goes to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`,
+litellm_enterprise/proxy/auth/user_api_key_auth.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from fastapi import HTTPException, Request
-from litellm.proxy._types import LitellmUserRoles, ProxyException, UserAPIKeyAuth
-from litellm.proxy.auth.auth_utils import get_request_route
-from litellm.proxy.auth.route_checks import RouteChecks
+from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from sqlalchemy.exc import SQLAlchemyError
 
-from kodify_proxy import runtime
+from kodify_proxy.errors import Unauthorized, UpstreamUnavailable
 from kodify_proxy.settings import Settings
 from kodify_proxy.users import UserDatabaseError, UserRecord, UserStore, hash_token, is_token_shaped
 
@@ -33,10 +33,6 @@ AuthMode = Literal["dummy", "shared", "db"]
 DB_RETRY_AFTER = 1.0  # seconds a failed DB check answers misses with 503 before the DB is tried again
 _MAX_CACHED = 10_000
 _DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
-# Routes besides LiteLLM's model routes (RouteChecks.is_llm_api_route) that clients may use: model listing and the
-# Tabby API. Every other LiteLLM route is administration and needs the master key.
-CLIENT_ROUTES = frozenset({"/v1/models", "/models", "/v1/health", "/v1/events", "/v1beta/server_setting"})
-_ALLOWED_ROUTES = ["llm_api_routes", *sorted(CLIENT_ROUTES)]  # "llm_api_routes": a LiteLLMRoutes group name
 
 
 def select_mode(settings: Settings) -> AuthMode:
@@ -158,6 +154,18 @@ class TokenVerifier:
             log.warning("The user database answers again (%s)", self.store.where())
         self._down_until, self._down_reason = 0.0, None
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the user database did not answer the last time it was asked; None while it answers."""
+        return self._down_reason
+
+    async def probe(self) -> None:
+        """Ask the database for a hash no user has: keeps `down_reason` current while no token needs a lookup."""
+        if self._down_until > self._clock():
+            return
+        with contextlib.suppress(UserDatabaseUnavailable):
+            await self._fetch("0" * 64)
+
     def close(self) -> None:
         """Stop the DB threads and close pooled connections."""
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -200,58 +208,44 @@ def _open_verifier(settings: Settings) -> TokenVerifier:
     return TokenVerifier(store, settings.auth_cache_ttl, settings.auth_negative_ttl, settings.auth_db_timeout)
 
 
-def _unauthorized(message: str) -> ProxyException:
-    return ProxyException(message=message, type="auth_error", param=None, code=401, openai_code="invalid_api_key")
+IDENTITY_SCOPE_KEY: Final = "kodify.identity"  # where the gateway leaves the identity for LiteLLM's custom_auth
 
 
-def presented_token(request: Request, api_key: str | None) -> str:
-    """The token LiteLLM extracted; 401 telling a missing header from a malformed one."""
-    token = (api_key or "").strip()
-    if token:
-        return token
-    if request.headers.get("authorization") is None and request.headers.get("x-api-key") is None:
-        raise _unauthorized("Missing API key: send the header 'Authorization: Bearer <token>'")
-    raise _unauthorized("Malformed Authorization header: expected 'Authorization: Bearer <token>'")
+@dataclass(frozen=True)
+class Identity:
+    """Who a request is from, once authenticated: journaled, and handed to LiteLLM as its UserAPIKeyAuth."""
+
+    user_id: str
+    key_alias: str
+    key_hash: str | None = None  # the token's SHA-256 (never the token) for LiteLLM's logging metadata
+    master: bool = False
 
 
-def client_may_use(route: str) -> bool:
-    """Whether a client (not the master key) may call `route`: model routes and CLIENT_ROUTES."""
-    return route in CLIENT_ROUTES or RouteChecks.is_llm_api_route(route=route)
+ANONYMOUS: Final = Identity("anonymous", "kodify-dummy")
+SHARED_USER: Final = Identity("shared", "kodify-shared-token")
+MASTER: Final = Identity("litellm-master-key", "litellm-master-key", master=True)
 
 
-def check_route(request: Request) -> None:
-    """403 for a client on LiteLLM's administration routes."""
-    # LiteLLM's own check (custom_auth_run_common_checks) raises a bare Exception there, which becomes a plain-text
-    # 500 unless the `prisma` package is installed (litellm/proxy/auth/auth_exception_handler.py::_as_proxy_exception).
-    route = get_request_route(request)
-    if not client_may_use(route):
-        raise ProxyException(
-            f"{route} is a LiteLLM administration route: call it with the LiteLLM master key (LITELLM_MASTER_KEY, "
-            "or the master_key file in the state directory); client tokens reach the model routes and /v1/models",
-            type="auth_error",
-            param=None,
-            code=403,
-        )
+def presented_token(headers: Mapping[str, str]) -> str | None:
+    """The bearer token of `Authorization: Bearer <token>` or `x-api-key: <token>`; None when neither is sent.
+
+    Unauthorized when an Authorization header is there but not in the Bearer form.
+    """
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Malformed Authorization header: expected 'Authorization: Bearer <token>'")
+        return token.strip()
+    api_key = (headers.get("x-api-key") or "").strip()
+    return api_key or None
 
 
-def _user(user_id: str, alias: str, key_hash: str | None = None) -> UserAPIKeyAuth:
-    # A new object per request: LiteLLM mutates the one we return. api_key is a hash, never the token
-    # (it reaches logging metadata as user_api_key_hash; LiteLLM keeps values that don't start with sk- as is).
-    # allowed_routes lets LiteLLM's common checks pass our non-model CLIENT_ROUTES too (route_checks.py).
-    return UserAPIKeyAuth(
-        api_key=key_hash,
-        user_id=user_id,
-        key_alias=alias,
-        user_role=LitellmUserRoles.INTERNAL_USER,
-        allowed_routes=_ALLOWED_ROUTES,
-    )
-
-
-def _check_shared(token: str, shared: str) -> UserAPIKeyAuth:
+def _check_shared(token: str, shared: str) -> Identity:
     # Hashes first: equal lengths, so the comparison's time says nothing about the token's length either.
     if not hmac.compare_digest(hash_token(token), hash_token(shared)):
-        raise _unauthorized("Invalid API key: it does not match the server's token (VLLM_API_KEY)")
-    return _user("shared", "kodify-shared-token")
+        raise Unauthorized("Invalid API key: it does not match the server's token (VLLM_API_KEY)")
+    return SHARED_USER
 
 
 _REJECTIONS = {
@@ -269,51 +263,71 @@ def _rejection_message(rejected: TokenRejected) -> str:
     return _REJECTIONS[rejected.reason]
 
 
-async def _check_user(verifier: TokenVerifier | None, token: str) -> UserAPIKeyAuth:
-    if verifier is None:
-        raise ProxyException(
-            "per-user auth is not initialised: start the server with `kodify-proxy serve`",
-            type="internal_server_error",
-            param=None,
-            code=500,
-        )
+async def _check_user(verifier: TokenVerifier, token: str) -> Identity:
     if not is_token_shaped(token):
-        raise _unauthorized(
+        raise Unauthorized(
             "Malformed API key: user tokens look like sk-kodify-<43 characters>; check that the whole token was copied"
         )
     try:
         user = await verifier.verify(token)
     except TokenRejected as rejected:
-        raise _unauthorized(_rejection_message(rejected)) from None
+        raise Unauthorized(_rejection_message(rejected)) from None
     except UserDatabaseUnavailable as exc:
-        raise ProxyException(
+        raise UpstreamUnavailable(
             f"Cannot check the API key right now: {exc}. Retry shortly; if it persists, ask the "
-            "administrator to check the user database (DB_URL)",
-            type="service_unavailable",
-            param=None,
-            code=503,
+            "administrator to check the user database (DB_URL)"
         ) from None
-    return _user(user.name, "kodify-user-token", user.token_sha256)
+    return Identity(user.name, "kodify-user-token", user.token_sha256)
+
+
+class Authenticator:
+    """The guide's three modes behind one call, for every route of the client surface."""
+
+    def __init__(self, settings: Settings, master_key: str, verifier: TokenVerifier | None) -> None:
+        self.mode = select_mode(settings)
+        self._shared = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key is not None else None
+        self._master = master_key.encode()
+        self.verifier = verifier
+        if self.mode == "db" and verifier is None:
+            raise ValueError("per-user auth needs a TokenVerifier")
+
+    def is_master(self, token: str | None) -> bool:
+        """Whether `token` is LiteLLM's master key (constant time)."""
+        return token is not None and hmac.compare_digest(token.encode(), self._master)
+
+    async def client(self, token: str | None) -> Identity:
+        """The identity behind `token` on a client route; Unauthorized, or 503 when the user DB can't answer."""
+        if self.is_master(token):
+            return MASTER
+        if self.mode == "dummy":
+            return ANONYMOUS
+        if token is None:
+            raise Unauthorized("Missing API key: send the header 'Authorization: Bearer <token>'")
+        if self.mode == "shared":
+            assert self._shared is not None
+            return _check_shared(token, self._shared)
+        assert self.verifier is not None
+        return await _check_user(self.verifier, token)
+
+
+def to_litellm_user(identity: Identity) -> UserAPIKeyAuth:
+    """A new UserAPIKeyAuth per request (LiteLLM mutates the one we return); api_key is a hash, never the token."""
+    return UserAPIKeyAuth(
+        api_key=identity.key_hash,
+        user_id=identity.user_id,
+        key_alias=identity.key_alias,
+        user_role=LitellmUserRoles.INTERNAL_USER,
+        allowed_routes=["llm_api_routes"],
+    )
 
 
 async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
-    """Authenticate one request; parameter names are fixed by LiteLLM (`request`, `api_key`: None without a header)."""
-    rt = runtime.current()
-    if api_key and hmac.compare_digest(api_key.encode(), rt.master_key.encode()):
-        # Not ours to accept: raising a non-ProxyException hands the master key to LiteLLM's own auth
-        # (custom_auth_settings mode auto), so the admin routes and UI keep working.
-        raise HTTPException(status_code=401, detail="master key: handled by LiteLLM")
-    identity = await _identify(request, api_key, rt)
-    check_route(request)
-    return identity
+    """LiteLLM's custom_auth: the identity our gateway established for this request (parameter names are fixed).
 
-
-async def _identify(request: Request, api_key: str | None, rt: runtime.Runtime) -> UserAPIKeyAuth:
-    mode = select_mode(rt.settings)
-    if mode == "dummy":
-        return _user("anonymous", "kodify-dummy")
-    token = presented_token(request, api_key)
-    if mode == "shared":
-        assert rt.settings.vllm_api_key is not None
-        return _check_shared(token, rt.settings.vllm_api_key.get_secret_value())
-    return await _check_user(rt.users, token)
+    Without one (the master key, or LiteLLM's own virtual keys on its admin routes) it raises HTTPException, which
+    hands the request to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`).
+    """
+    identity = request.scope.get(IDENTITY_SCOPE_KEY)
+    if isinstance(identity, Identity) and not identity.master:
+        return to_litellm_user(identity)
+    raise HTTPException(status_code=401, detail="not a client request: LiteLLM's own auth decides")

@@ -26,8 +26,6 @@ def _load(args: argparse.Namespace) -> tuple[Settings, KodifyConfig]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Wait for upstreams, discover models, render the LiteLLM config and serve."""
-    import uvicorn
-
     from kodify_proxy import runtime, serving
     from kodify_proxy.journal.service import open_journal
 
@@ -36,27 +34,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     journal = open_journal(settings)  # LOGS=True: the request journal (RUN_MIGRATIONS=1: upgrade head first)
     from kodify_proxy import auth  # imports LiteLLM, so only once the settings are known to be valid
 
-    users = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
+    verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
     prepared = serving.prepare(settings, config, wait=settings.wait_vllm)
     master_key = serving.ensure_master_key(settings)
     path = serving.write_litellm_config(settings, prepared.litellm_config)
     serving.export_environment(config, master_key, path)
-    runtime.bind(
-        runtime.Runtime(
-            settings=settings,
-            monitor=prepared.monitor,
-            master_key=master_key,
-            users=users,
-            journal=journal,
-            preprocessing=preprocessing,
-        )
-    )
+    rt = runtime.build_runtime(settings, config, prepared.monitor, master_key, verifier, preprocessing, journal)
+    runtime.bind(rt)
     prepared.monitor.mark_registered()
     log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
-
-    from kodify_proxy.app import build_app
-
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info", access_log=False)
+    serving.run(rt, args.host, args.port)
     return 0
 
 

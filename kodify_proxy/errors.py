@@ -1,25 +1,65 @@
-"""One error tree for kodify-proxy and its one mapping to OpenAI-shaped error bodies."""
+"""One error tree for kodify-proxy and the only place that knows the OpenAI error shape.
+
+Every failure a client sees is a `KodifyError` subclass carrying its HTTP status, OpenAI `type` and `code`.
+`to_body` is the shape, `render` its bytes for our ASGI layer, `to_proxy_exception` the same for LiteLLM.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+import orjson
+
+TYPE_BY_STATUS: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "auth_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_server_error",
+    501: "not_implemented_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+def type_for_status(status: int) -> str:
+    """The OpenAI error type for an HTTP status (client errors default to invalid_request_error)."""
+    return TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "internal_server_error")
 
 
 class KodifyError(Exception):
-    """A problem reported to a client: the HTTP status, OpenAI error type, param and message."""
+    """A problem reported to a client: the HTTP status, OpenAI error type, param, code and message."""
 
-    status_code = 500
-    error_type = "internal_server_error"
+    status_code: int = 500
+    error_type: str = "internal_server_error"
+    error_code: ClassVar[str | None] = None  # the body's `code`; None: the status as a string
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        self.code = code if code is not None else str(self.status_code)
+        self.headers = headers or {}
+
+    @property
+    def code(self) -> str:
+        """The body's `code`: a stable string a client can test (OpenAI's where it has one)."""
+        return self.error_code or str(self.status_code)
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI error body: `{"error": {"message", "type", "param", "code"}}`."""
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def render(self) -> bytes:
+        """The body as JSON bytes."""
+        return orjson.dumps(self.to_body())
 
 
 class InvalidRequest(KodifyError):
@@ -29,49 +69,118 @@ class InvalidRequest(KodifyError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(KodifyError):
+    """No token, a malformed one, or one nobody holds (401)."""
+
+    status_code = 401
+    error_type = "auth_error"
+    error_code = "invalid_api_key"
+
+
+class Forbidden(KodifyError):
+    """The token is valid but may not do this (403)."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
+class RouteNotFound(KodifyError):
+    """No such route on this server (404)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    error_code = "route_not_found"
+
+
 class ModelNotFound(KodifyError):
     """The requested model is served by no upstream (404)."""
 
     status_code = 404
     error_type = "not_found_error"
+    error_code = "model_not_found"
+
+
+class MethodNotAllowed(KodifyError):
+    """The route exists, but not for this HTTP method (405)."""
+
+    status_code = 405
+    error_type = "invalid_request_error"
+    error_code = "method_not_allowed"
+
+
+class PayloadTooLarge(KodifyError):
+    """The request body is larger than KODIFY_MAX_BODY_BYTES (413)."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(KodifyError):
+    """The request body is not sent as JSON (400, as vLLM answers it, with its own code)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    error_code = "unsupported_media_type"
+
+
+class InternalError(KodifyError):
+    """A bug of ours: the message says where to look, never what the traceback says (500)."""
+
+    status_code = 500
+    error_type = "internal_server_error"
 
 
 class UpstreamFailed(KodifyError):
-    """An upstream answered with a broken response or refused the connection (502)."""
+    """An upstream answered with a broken response, a 5xx, or refused the connection (502)."""
 
     status_code = 502
     error_type = "upstream_error"
 
 
 class UpstreamUnavailable(KodifyError):
-    """No upstream serving the model is reachable right now (503)."""
+    """No upstream serving the model is reachable right now, or a database we need is down (503)."""
 
     status_code = 503
     error_type = "service_unavailable"
 
 
 class UpstreamTimeout(KodifyError):
-    """The upstream did not answer within the request timeout (504)."""
+    """The upstream did not answer within the request timeout, or a stream went silent (504)."""
 
     status_code = 504
     error_type = "timeout_error"
 
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "auth_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
 class UpstreamRejected(KodifyError):
-    """The upstream refused the request itself (its 4xx), passed on with its own message and status."""
+    """An error someone else decided (vLLM's 4xx, LiteLLM's): its status and message, our shape."""
 
     def __init__(self, message: str, *, status_code: int, param: str | None = None) -> None:
         self.status_code = status_code
-        self.error_type = _TYPE_BY_STATUS.get(status_code, "invalid_request_error")
+        self.error_type = type_for_status(status_code)
         super().__init__(message, param=param)
+
+
+# Every class a client can meet, for the error-shape table test and the docs.
+ERROR_CLASSES: tuple[type[KodifyError], ...] = (
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    RouteNotFound,
+    ModelNotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InternalError,
+    UpstreamFailed,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+)
+
+
+def to_proxy_exception(error: KodifyError) -> Exception:
+    """Our error as LiteLLM's ProxyException, for the few places LiteLLM calls us (custom_auth)."""
+    from litellm.proxy._types import ProxyException
+
+    return ProxyException(
+        message=error.message, type=error.error_type, param=error.param, code=error.status_code, openai_code=error.code
+    )

@@ -7,12 +7,13 @@ line comments above the prefix, CRLF is folded to LF for the model and restored 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
 from kodify_proxy.errors import InvalidRequest
 from kodify_proxy.preprocess import LanguageRules, PreprocessingConfig
+from kodify_proxy.protocol import CompletionRequest
 
 # VS Code language ids and file extensions that clients send, mapped to the ids the configs use.
 LANGUAGE_ALIASES: Final = {
@@ -254,34 +255,16 @@ def _drop_tokens(text: str, tokens: Iterable[str]) -> str:
     return text.lstrip("\n")
 
 
-def clamp_max_tokens(requested: Any, config: PreprocessingConfig) -> int:
-    """The request's max_tokens capped at the config's maximum; the default when it gives none."""
-    limits = config.max_tokens
-    if requested is None:
-        return limits.default
-    if isinstance(requested, bool) or not isinstance(requested, int):
-        raise InvalidRequest(f"max_tokens must be a whole number, got {requested!r}", param="max_tokens")
-    return min(requested, limits.maximum)
+@dataclass(frozen=True)
+class FimRewrite:
+    """An OpenAI completion rebuilt for the served model: the new body, and what post-processing needs."""
+
+    body: dict[str, Any]
+    built: FimPrompt
 
 
-def _client_stop(stop: Any) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        return (stop,)
-    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
-        return tuple(stop)
-    raise InvalidRequest(f"stop must be a string or a list of strings, got {stop!r:.80}", param="stop")
-
-
-def rewrite_openai_body(data: dict[str, Any], config: PreprocessingConfig) -> FimPrompt | None:
-    """Fold an OpenAI completion's `suffix` or foreign FIM markers into the served model's prompt, in place.
-
-    vLLM rejects `suffix`, so it is removed. A plain prompt without markers or suffix is left alone (None).
-    """
-    prompt, suffix = data.get("prompt"), data.get("suffix")
-    if suffix is not None and not isinstance(suffix, str):
-        raise InvalidRequest(f"suffix must be a string, got {suffix!r:.80}", param="suffix")
+def fim_input_of(prompt: object, suffix: str | None, config: PreprocessingConfig) -> FimInput | None:
+    """What a completion asks to fill in: `suffix`, or FIM markers in the prompt; None for a plain prompt."""
     if not isinstance(prompt, str):
         if suffix is not None:
             raise InvalidRequest(
@@ -289,17 +272,29 @@ def rewrite_openai_body(data: dict[str, Any], config: PreprocessingConfig) -> Fi
             )
         return None
     request = split_prompt(prompt, config)
-    if request is None:
-        if suffix is None:
-            return None
-        request = FimInput(prefix=prompt, suffix=suffix)
-    built = build_prompt(request, config, _client_stop(data.get("stop")))
-    data.pop("suffix", None)
-    data["prompt"] = built.prompt
-    data["stop"] = list(built.stop)
-    data["max_tokens"] = clamp_max_tokens(data.get("max_tokens"), config)
-    data.setdefault("temperature", config.temperature)
-    return built
+    if request is None and suffix is not None:
+        return FimInput(prefix=prompt, suffix=suffix)
+    return request
+
+
+def rewrite_completion(
+    request: CompletionRequest, data: Mapping[str, Any], config: PreprocessingConfig
+) -> FimRewrite | None:
+    """A completion's body with the served model's FIM prompt in place of `suffix` or foreign markers.
+
+    vLLM rejects `suffix`, so it is left out; max_tokens is capped by the config. None for a plain prompt.
+    """
+    found = fim_input_of(request.prompt, request.suffix, config)
+    if found is None:
+        return None
+    client_stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    built = build_prompt(found, config, client_stop)
+    body = {key: value for key, value in data.items() if key != "suffix"}
+    body["prompt"] = built.prompt
+    body["stop"] = list(built.stop)
+    body["max_tokens"] = min(request.max_tokens or config.max_tokens.default, config.max_tokens.maximum)
+    body.setdefault("temperature", config.temperature)
+    return FimRewrite(body, built)
 
 
 def _cut_at_first(text: str, needles: Iterable[str]) -> str:
@@ -354,25 +349,6 @@ def postprocess(text: str, post: PostContext, config: PreprocessingConfig) -> st
     if rules.drop_blank and not text.strip():
         return None
     return text.replace("\n", "\r\n") if post.crlf else text
-
-
-def post_state(post: PostContext) -> dict[str, Any]:
-    """PostContext as plain data, to ride along in a request's metadata."""
-    return asdict(post)
-
-
-def post_from_state(state: Mapping[str, Any]) -> PostContext:
-    """PostContext back from `post_state`."""
-    stop = tuple(str(item) for item in state.get("stop") or ())
-    return PostContext(bool(state["crlf"]), str(state["cursor_line"]), str(state["line_rest"]), stop)
-
-
-def postprocess_choices(response: Any, post: PostContext, config: PreprocessingConfig) -> None:
-    """Post-process every `choices[].text` of a text completion in place (an empty string where nothing is left)."""
-    for choice in getattr(response, "choices", None) or ():
-        text = getattr(choice, "text", None)
-        if isinstance(text, str):
-            choice.text = postprocess(text, post, config) or ""
 
 
 class StreamCut:

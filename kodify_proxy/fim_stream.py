@@ -1,21 +1,58 @@
-"""Streamed FIM completions: the SSE bytes of a /v1/completions stream, each choice cut by its `fim.StreamCut`.
+"""Streamed FIM completions: the SSE events of a /v1/completions stream, each choice cut by its `fim.StreamCut`.
 
-Pure; `middleware.ErrorShapingMiddleware` runs it on the response of a request the pre-call hook rebuilt as FIM,
-so other streams pass untouched and LiteLLM keeps its streaming fast path (a LiteLLM streaming-iterator hook
-would take every stream, chat included, off it: litellm/proxy/utils.py::async_post_call_streaming_iterator_hook).
+Pure. The lane runs it on vLLM's stream, the LiteLLM path on LiteLLM's, for requests rebuilt as FIM only, so other
+streams pass untouched.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from kodify_proxy.fim import StreamCut
 
-_EVENT_END = b"\n\n"
-_DATA = b"data: "
+EVENT_END = b"\n\n"
+DATA = b"data: "
+DONE = DATA + b"[DONE]" + EVENT_END
+
+
+class EventFramer:
+    """Splits the bytes of an event stream, as they arrive, into whole events (each ending with a blank line)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The events completed by `data`, with their trailing blank line."""
+        self._pending += data
+        if EVENT_END not in self._pending:
+            return []
+        complete, _, self._pending = self._pending.rpartition(EVENT_END)
+        return [event + EVENT_END for event in complete.split(EVENT_END) if event.strip()]
+
+    def rest(self) -> bytes:
+        """Whatever is left when the stream ends (an event without its blank line), emptied."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def data_of(event: bytes) -> Any:
+    """The JSON of a `data: {…}` event; None for [DONE], comments and anything not JSON."""
+    line = event.strip()
+    if not line.startswith(DATA) or line == DONE.strip():
+        return None
+    try:
+        return orjson.loads(line[len(DATA) :])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def event_of(chunk: Any) -> bytes:
+    """`chunk` as one `data:` event."""
+    return DATA + orjson.dumps(chunk) + EVENT_END
 
 
 def cut_choices(chunk: dict[str, Any], cuts: dict[int, StreamCut]) -> bool:
@@ -44,30 +81,25 @@ def cut_choices(chunk: dict[str, Any], cuts: dict[int, StreamCut]) -> bool:
 
 
 class SseCutter:
-    """Feed it the stream's bytes as they come; it returns the bytes to send (whole events only)."""
+    """Cuts a FIM stream: `event` takes one whole event, `feed` raw bytes; both give the bytes to send."""
 
     def __init__(self, make_cut: Callable[[], StreamCut]) -> None:
         self._cuts: dict[int, StreamCut] = defaultdict(make_cut)
-        self._pending = b""
+        self._framer = EventFramer()
+
+    def event(self, event: bytes) -> bytes:
+        """One whole event, cut (empty when none of its choices has text left to send)."""
+        chunk = data_of(event)
+        if not isinstance(chunk, dict):
+            return event
+        if not cut_choices(chunk, self._cuts):
+            return b""
+        return event_of(chunk)
 
     def feed(self, data: bytes, final: bool) -> bytes:
-        """The complete events in `pending + data`, cut; at `final`, whatever is left as well."""
-        self._pending += data
+        """The complete events in what came so far, cut; at `final`, whatever is left as well."""
+        events = self._framer.feed(data)
         if final:
-            events, self._pending = self._pending, b""
-        else:
-            events, sep, self._pending = self._pending.rpartition(_EVENT_END)
-            events += sep
-        return b"".join(self._event(e) for e in events.split(_EVENT_END) if e.strip())
-
-    def _event(self, event: bytes) -> bytes:
-        line = event.strip()
-        if not line.startswith(_DATA) or line == _DATA + b"[DONE]":
-            return event + _EVENT_END
-        try:
-            chunk = json.loads(line[len(_DATA) :])
-        except ValueError:
-            return event + _EVENT_END
-        if not isinstance(chunk, dict) or not cut_choices(chunk, self._cuts):
-            return b""
-        return _DATA + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + _EVENT_END
+            rest = self._framer.rest()
+            events += [rest + EVENT_END] if rest.strip() else []
+        return b"".join(self.event(event) for event in events)

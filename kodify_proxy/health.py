@@ -1,70 +1,71 @@
-"""GET /health: no auth, no model call; each upstream from a quick GET /v1/models, the user and journal databases."""
+"""GET /health, open to load balancers: answered from what the monitor, the token cache and the journal writer
+already know (no upstream or database call per request). Addresses, errors and database names only for the
+master key."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import orjson
 
-from kodify_proxy import runtime
-from kodify_proxy.upstreams import UpstreamState
+from kodify_proxy.call import Call
+from kodify_proxy.journal.database import render_url
 
-router = APIRouter()
-_DB_PROBE_TIMEOUT = 2.0
+if TYPE_CHECKING:
+    from kodify_proxy.runtime import Runtime
 
 
-def build_health(
-    states: list[UpstreamState], served: list[str], databases: dict[str, dict[str, Any]]
-) -> tuple[int, dict[str, Any]]:
-    """200 when an upstream answers ("degraded" if a database does not), else 503 with the reason."""
-    healthy = any(s.healthy for s in states)
-    databases_ok = all(d["healthy"] for d in databases.values())
+def _upstreams(rt: Runtime, detailed: bool) -> list[dict[str, Any]]:
+    found = []
+    for upstream in rt.monitor.upstreams:
+        state = rt.monitor.states[upstream.url]
+        entry: dict[str, Any] = {
+            "healthy": state.healthy,
+            "failing": rt.monitor.failing(upstream.url),
+            "models": list(state.models),
+        }
+        if detailed:
+            entry = {"url": upstream.url, **entry, "error": state.error}
+        found.append(entry)
+    return found
+
+
+def _databases(rt: Runtime, detailed: bool) -> dict[str, dict[str, Any]]:
+    databases: dict[str, dict[str, Any]] = {}
+    if rt.verifier is not None:
+        error = rt.verifier.down_reason
+        databases["users"] = {"healthy": error is None}
+        if detailed:
+            databases["users"].update(where=rt.verifier.store.where(), error=error)
+    if rt.journal is not None:
+        status = rt.journal.writer.status()
+        databases["journal"] = {"healthy": status["database"] == "up"}
+        if detailed:
+            databases["journal"].update(where=render_url(rt.journal.url), **status)
+    return databases
+
+
+def build_health(rt: Runtime, detailed: bool) -> tuple[int, dict[str, Any]]:
+    """200 and ok / degraded (an upstream down or failing requests, a database down), or 503 unavailable."""
+    upstreams = _upstreams(rt, detailed)
+    databases = _databases(rt, detailed)
+    serving = any(u["healthy"] for u in upstreams)
+    trouble = any(not u["healthy"] or u["failing"] for u in upstreams) or any(
+        not d["healthy"] for d in databases.values()
+    )
     body: dict[str, Any] = {
-        "status": "ok" if healthy and databases_ok else "degraded" if healthy else "unavailable",
-        "models": served,
-        "upstreams": [
-            {"url": s.upstream.url, "healthy": s.healthy, "models": list(s.models), "error": s.error} for s in states
-        ],
+        "status": "unavailable" if not serving else "degraded" if trouble else "ok",
+        "models": rt.monitor.served_models(),
+        "upstreams": upstreams,
     }
     if databases:
         body["databases"] = databases
-    if not healthy:
+    if not serving:
         body["reason"] = "no upstream answers GET /v1/models"
-    return (200 if healthy else 503), body
+    return (200 if serving else 503), body
 
 
-async def probe_users_database(users: Any) -> dict[str, Any]:
-    """A lookup of a token hash no user has: proves the users table answers (blocking call, in a thread)."""
-    try:
-        await asyncio.wait_for(asyncio.to_thread(users.store.find_by_hash, "0" * 64), _DB_PROBE_TIMEOUT)
-    except Exception as exc:  # any driver error means "not answering"; the reason is shown, never the URL
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return {"healthy": False, "where": users.store.where(), "error": reason[:200]}
-    return {"healthy": True, "where": users.store.where(), "error": None}
-
-
-def journal_health(journal: Any) -> dict[str, Any]:
-    """The journal writer's last known state: no query, the writer already knows whether its database answers."""
-    from kodify_proxy.journal.database import render_url
-
-    status = journal.writer.status()
-    return {"healthy": status["database"] == "up", "where": render_url(journal.url), **status}
-
-
-@router.get("/health", include_in_schema=True)
-async def health() -> JSONResponse:
-    """Report upstreams and the user database without authentication."""
-    from litellm.proxy import proxy_server
-
-    rt = runtime.current()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
-        await rt.monitor.refresh(client, proxy_server.llm_router)
-    databases = {"users": await probe_users_database(rt.users)} if rt.users is not None else {}
-    if rt.journal is not None:
-        databases["journal"] = journal_health(rt.journal)
-    states = [rt.monitor.states[u.url] for u in rt.monitor.upstreams]
-    status, body = build_health(states, rt.monitor.served_models(), databases)
-    return JSONResponse(body, status_code=status)
+async def serve(rt: Runtime, call: Call) -> None:
+    """GET /health (details when called with the master key)."""
+    status, body = build_health(rt, detailed=call.identity.master)
+    await call.reply(status, orjson.dumps(body))

@@ -1,20 +1,30 @@
-"""Live upstream state: periodic checks, and the LiteLLM router kept in step with what upstreams serve."""
+"""Live upstream state: periodic checks, what requests saw, and the LiteLLM router kept in step.
+
+Only the monitor decides that an upstream is down (a GET /v1/models that fails). A request that fails to connect
+asks for a check at once; while an upstream is down it is checked every KODIFY_DOWN_RECHECK_INTERVAL, so a vLLM
+that comes back serves within about a second.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
+from kodify_proxy.errors import KodifyError, ModelNotFound, UpstreamUnavailable
 from kodify_proxy.litellm_config import build_model_list
 from kodify_proxy.settings import Settings
 from kodify_proxy.upstreams import KodifyConfig, Upstream, UpstreamState, check_all
 
 log = logging.getLogger("kodify_proxy.monitor")
+
+FAILING_WINDOW = 30.0  # seconds a request failure keeps an upstream "failing" unless a success follows
 
 
 class RouterLike(Protocol):
@@ -24,13 +34,35 @@ class RouterLike(Protocol):
     def delete_deployment(self, id: str) -> Any: ...
 
 
+@dataclass
+class Outcomes:
+    """What requests to one upstream saw lately (monotonic times)."""
+
+    last_success: float | None = None
+    last_failure: float | None = None
+
+    def failing(self, now: float) -> bool:
+        """The last request failed (5xx, broken connection, timeout) within FAILING_WINDOW, with no success since."""
+        if self.last_failure is None or now - self.last_failure > FAILING_WINDOW:
+            return False
+        return self.last_success is None or self.last_failure > self.last_success
+
+
 class UpstreamMonitor:
     """Keeps the state of every upstream and the router's deployments up to date."""
 
-    def __init__(self, config: KodifyConfig, settings: Settings, states: Sequence[UpstreamState]) -> None:
+    def __init__(
+        self,
+        config: KodifyConfig,
+        settings: Settings,
+        states: Sequence[UpstreamState],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.settings = settings
         self.states = {s.upstream.url: s for s in states}
+        self.outcomes = {u.url: Outcomes() for u in config.upstreams}
+        self._clock = clock
         self._registered: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -57,6 +89,42 @@ class UpstreamMonitor:
         models = self.served_models()
         return models[0] if models else None
 
+    def check_model(self, model: str) -> None:
+        """ModelNotFound for a model nobody serves; UpstreamUnavailable when all its upstreams are down."""
+        if model not in self.served_models():
+            listed = ", ".join(self.served_models()) or "none (no upstream has answered yet)"
+            raise ModelNotFound(f"The model {model!r} does not exist. Served models: {listed}", param="model")
+        if not any(state.healthy for state in self.upstreams_for(model)):
+            raise self.unavailable(model)
+
+    def unavailable(self, model: str) -> KodifyError:
+        """The 503 for a model whose upstreams are all down, naming them and their errors."""
+        down = "; ".join(f"{s.upstream.url} ({s.error})" for s in self.upstreams_for(model))
+        self.request_refresh()
+        return UpstreamUnavailable(
+            f"No upstream serving {model!r} is reachable: {down or 'none'}. Check that the vLLM server is running; "
+            "requests resume as soon as it answers GET /v1/models"
+        )
+
+    def report_success(self, url: str) -> None:
+        """A request to `url` succeeded."""
+        outcome = self.outcomes.get(url)
+        if outcome is not None:
+            outcome.last_success = self._clock()
+
+    def report_failure(self, url: str, connection: bool = False) -> None:
+        """A request to `url` failed on the server's side; a connection failure asks for a check at once."""
+        outcome = self.outcomes.get(url)
+        if outcome is not None:
+            outcome.last_failure = self._clock()
+        if connection:
+            self.request_refresh()
+
+    def failing(self, url: str) -> bool:
+        """Whether requests to `url` fail lately although its checks pass."""
+        outcome = self.outcomes.get(url)
+        return outcome is not None and outcome.failing(self._clock())
+
     async def refresh(self, client: httpx.AsyncClient, router: RouterLike | None) -> None:
         """Check every upstream once and bring the router in step with the result."""
         for state in await check_all(client, self.upstreams):
@@ -73,6 +141,7 @@ class UpstreamMonitor:
                 log.warning("Upstream %s is down: %s", state.upstream.url, state.error)
         if not state.healthy and previous is not None:
             state.models = previous.models  # keep routing its models; requests fail fast with 503 meanwhile
+            state.model_cards = previous.model_cards
         self.states[state.upstream.url] = state
 
     def routable(self) -> dict[str, tuple[str, ...]]:
@@ -110,16 +179,29 @@ class UpstreamMonitor:
         self._wake.set()
 
     def start(self, router_getter: Callable[[], RouterLike | None]) -> None:
-        """Start checking upstreams every KODIFY_DISCOVERY_INTERVAL seconds in the background."""
+        """Start checking upstreams in the background (in the serving event loop)."""
         if self._task is None:
+            self._wake = asyncio.Event()  # bound to this loop
             self._task = asyncio.get_running_loop().create_task(self._run(router_getter))
+
+    async def stop(self) -> None:
+        """Stop the background checks."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _interval(self) -> float:
+        any_down = any(not state.healthy for state in self.states.values())
+        return self.settings.down_recheck_interval if any_down else self.settings.discovery_interval
 
     async def _run(self, router_getter: Callable[[], RouterLike | None]) -> None:
         timeout = httpx.Timeout(self.settings.connect_timeout)
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.discovery_interval)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval())
                 self._wake.clear()
                 try:
                     await self.refresh(client, router_getter())

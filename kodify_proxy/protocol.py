@@ -1,29 +1,59 @@
-"""Typed views of the OpenAI request bodies we check before LiteLLM calls an upstream."""
+"""Typed views of the OpenAI request bodies: parsed once at the edge, checked before any upstream call.
+
+Fields vLLM knows and we do not check (`top_k`, `logprobs`, `return_token_ids`, …) are kept as extras and
+reach vLLM unchanged. MAX_N arrives through pydantic's validation context (`{"max_n": N}`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from kodify_proxy.errors import InvalidRequest
 
 Number = StrictFloat | StrictInt
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH: Final = 64  # nesting levels a body may have; LiteLLM's deepcopy and json.dumps recurse per level
+_CUSTOM_PREFIX: Final = "kodify_"
 
 
-class ChatMessage(BaseModel):
-    """One chat message: a role and (usually) content; other fields pass through."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: StrictStr
-    content: StrictStr | list[dict[str, Any]] | None = None
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
 
-class SamplingFields(BaseModel):
+def _within_max_n(value: int | None, info: ValidationInfo) -> int | None:
+    max_n = int((info.context or {}).get("max_n", 0))
+    if value is None or not max_n or 1 <= value <= max_n:
+        return value
+    raise PydanticCustomError(
+        "kodify_n_range",
+        "n={n} is out of range: this server allows 1 to {max_n} choices per request (MAX_N={max_n})",
+        {"n": value, "max_n": max_n},
+    )
+
+
+class StreamOptions(_Body):
+    """`stream_options`: whether the last chunk carries the usage."""
+
+    include_usage: StrictBool | None = None
+
+
+class SamplingFields(_Body):
     """Sampling parameters shared by chat and text completions; vLLM's extras pass through unchecked."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: StrictStr
     n: StrictInt | None = None
@@ -31,9 +61,20 @@ class SamplingFields(BaseModel):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0)
     top_p: Number | None = Field(default=None, gt=0, le=1)
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
+    user: StrictStr | None = None
+
+    check_n_range = field_validator("n")(_within_max_n)
+
+
+class ChatMessage(_Body):
+    """One chat message: a role and (usually) content; other fields pass through."""
+
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -43,28 +84,17 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    """POST /v1/completions (OpenAI legacy)."""
+    """POST /v1/completions (OpenAI legacy): a prompt as text, texts, token ids or lists of token ids."""
 
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    suffix: StrictStr | None = None
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_Body):
     """POST /v1/embeddings."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: StrictStr
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-
-
-_VIEWS: dict[str, type[BaseModel]] = {
-    "acompletion": ChatCompletionRequest,
-    "completion": ChatCompletionRequest,
-    "atext_completion": CompletionRequest,
-    "text_completion": CompletionRequest,
-    "aembedding": EmbeddingRequest,
-    "embedding": EmbeddingRequest,
-}
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -72,18 +102,56 @@ _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 def _is_union_tag(part: int | str) -> bool:
     """Pydantic adds the union member (`float`, `list[str]`) to an error's location; it is not a field."""
-    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part.startswith("function-"))
 
 
-def validate_request(call_type: str, data: dict[str, Any]) -> None:
-    """Raise InvalidRequest naming the first wrong field of a chat, completion or embedding body."""
-    view = _VIEWS.get(call_type)
-    if view is None:
-        return
+def invalid_request(exc: ValidationError, what: str = "", hint: str = "") -> InvalidRequest:
+    """The first problem of a validation error as a 400 naming the field, the value given and the fix."""
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or None
+    if first["type"].startswith(_CUSTOM_PREFIX):
+        return InvalidRequest(first["msg"], param=param)
+    given = "" if first["type"] == "missing" else f", got {first.get('input')!r:.80}"
+    return InvalidRequest(f"Invalid {what}value for '{param or 'body'}': {first['msg']}{given}{hint}", param=param)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; InvalidRequest for bad JSON, another JSON value, or a too-deep nesting."""
     try:
-        view.model_validate(data)
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = "it nests deeper than 1024 levels" if "depth" in str(exc) else str(exc)
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({reason}); send a JSON object", param="request_body"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, got {type(data).__name__ if data is not None else 'null'}; "
+            'send {"model": ..., ...}',
+            param="request_body",
+        )
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _too_deep(data, MAX_DEPTH):
+        raise InvalidRequest(f"The request body nests deeper than {MAX_DEPTH} levels; flatten it", param="request_body")
+    return data
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate(model: type[Model], data: dict[str, Any], max_n: int = 0, what: str = "", hint: str = "") -> Model:
+    """`data` as `model`, or InvalidRequest naming the first wrong field."""
+    try:
+        return model.model_validate(data, context={"max_n": max_n})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or None
-        given = "" if first["type"] == "missing" else f", got {first.get('input')!r:.80}"
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}{given}", param=param) from None
+        raise invalid_request(exc, what, hint) from None

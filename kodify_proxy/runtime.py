@@ -1,31 +1,130 @@
-"""The one object the LiteLLM-loaded parts (auth, hooks, routes) share: settings, config and upstream state."""
+"""Everything one server process runs on, typed, and the one owner of its start-up and shut-down.
+
+`serve` builds it before LiteLLM starts; the gateway's lifespan starts it once LiteLLM's own start-up is done (the
+router exists then) and stops it after LiteLLM's shut-down. The parts LiteLLM loads by name (custom_auth, the
+callback) find it through `current()`; everything else is handed it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from kodify_proxy.monitor import UpstreamMonitor
+from starlette.types import ASGIApp
+
+from kodify_proxy.auth import Authenticator, TokenVerifier
+from kodify_proxy.journal.service import Journal
+from kodify_proxy.lane.upstream import Lane, UpstreamPool
+from kodify_proxy.metrics import LiveState, Metrics
+from kodify_proxy.monitor import RouterLike, UpstreamMonitor
+from kodify_proxy.observer import Observer
+from kodify_proxy.preprocess import PreprocessingConfig
 from kodify_proxy.settings import Settings
+from kodify_proxy.tabby.service import RecentCompletions
+from kodify_proxy.upstreams import KodifyConfig
+
+log = logging.getLogger("kodify_proxy.runtime")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Runtime:
-    """What `kodify-proxy serve` prepared before LiteLLM started."""
+    """What `kodify-proxy serve` prepared, and the services started with the app."""
 
     settings: Settings
+    config: KodifyConfig
     monitor: UpstreamMonitor
     master_key: str
-    users: Any = None  # per-user token store (auth issue), when AUTH_TYPE=DB
-    journal: Any = None  # request journal writer (journal issue), when LOGS is on
-    preprocessing: Any = None  # completions preprocessing config (autocompletion issue)
+    authenticator: Authenticator
+    preprocessing: PreprocessingConfig | None
+    journal: Journal | None
+    metrics: Metrics
+    observer: Observer
+    pool: UpstreamPool
+    lane: Lane
+    completions: RecentCompletions = field(default_factory=RecentCompletions)
+    litellm: ASGIApp | None = None  # LiteLLM's FastAPI app, once imported
+    started: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def verifier(self) -> TokenVerifier | None:
+        """The per-user token cache (AUTH_TYPE=DB)."""
+        return self.authenticator.verifier
+
+    def start(self, router: Callable[[], RouterLike | None]) -> None:
+        """Start the monitor and the journal writer (in the serving event loop, after LiteLLM's start-up)."""
+        self.monitor.start(router)
+        if self.journal is not None:
+            self.journal.start()
+        if self.verifier is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._probe_users(self.verifier)))
+        self.started = True
+
+    async def _probe_users(self, verifier: TokenVerifier) -> None:
+        """Keep the user database's health current for /health without a query per request."""
+        while True:
+            await asyncio.sleep(self.settings.discovery_interval)
+            try:
+                await verifier.probe()
+            except Exception:  # the probe must not die; the next round retries
+                log.exception("User database probe failed")
+
+    async def stop(self) -> None:
+        """Stop what `start` started and close what `serve` opened: requests still waiting for LiteLLM's event are
+        recorded, the journal is flushed, connections to upstreams and the user database are closed."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.monitor.stop()
+        drained = self.observer.drain()
+        if drained:
+            log.info("%d requests recorded at shutdown without LiteLLM's last event", drained)
+        await self.pool.aclose()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
+        if self.verifier is not None:
+            self.verifier.close()
+
+
+def build_runtime(
+    settings: Settings,
+    config: KodifyConfig,
+    monitor: UpstreamMonitor,
+    master_key: str,
+    verifier: TokenVerifier | None,
+    preprocessing: PreprocessingConfig | None,
+    journal: Journal | None,
+) -> Runtime:
+    """Wire the services; nothing is started yet."""
+    metrics = Metrics(monitor.served_models)
+    sinks = [metrics.observe] + ([journal.record] if journal is not None else [])
+    observer = Observer(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
+    pool = UpstreamPool(config.upstreams, settings)
+    runtime = Runtime(
+        settings=settings,
+        config=config,
+        monitor=monitor,
+        master_key=master_key,
+        authenticator=Authenticator(settings, master_key, verifier),
+        preprocessing=preprocessing,
+        journal=journal,
+        metrics=metrics,
+        observer=observer,
+        pool=pool,
+        lane=Lane(monitor, pool, settings),
+    )
+    journal_status = (lambda: journal.writer.status()) if journal is not None else (lambda: None)
+    metrics.watch(LiveState(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}, journal_status))
+    return runtime
 
 
 _current: Runtime | None = None
 
 
 def bind(runtime: Runtime) -> None:
-    """Make `runtime` the one LiteLLM's hooks and our routes see (set once, at serve)."""
+    """Make `runtime` the one LiteLLM's hooks see (set once, at serve)."""
     global _current
     _current = runtime
 

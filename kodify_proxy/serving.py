@@ -8,7 +8,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -17,6 +17,9 @@ from kodify_proxy.litellm_config import build_litellm_config, load_template, ups
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
 from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
+
+if TYPE_CHECKING:
+    from kodify_proxy.runtime import Runtime
 
 log = logging.getLogger("kodify_proxy.serving")
 
@@ -92,6 +95,26 @@ def export_environment(config: KodifyConfig, master_key: str, litellm_config_pat
     for index, upstream in enumerate(config.upstreams):
         if upstream.api_key is not None:
             os.environ[upstream_key_env(index)] = upstream.api_key.get_secret_value()
-    hooks = [h for h in os.environ.get("LITELLM_WORKER_STARTUP_HOOKS", "").split(",") if h.strip()]
-    hooks.append("kodify_proxy.app:on_worker_startup")
-    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(dict.fromkeys(hooks))
+
+
+def run(rt: Runtime, host: str, port: int) -> None:
+    """Serve our gateway in front of LiteLLM's app until SIGTERM/SIGINT.
+
+    On a signal uvicorn stops accepting, lets requests in flight finish for up to KODIFY_SHUTDOWN_GRACE seconds,
+    then runs the lifespan shut-down (the journal is flushed there).
+    """
+    import uvicorn
+    from litellm.proxy.proxy_server import app
+
+    from kodify_proxy.gateway import Gateway
+
+    config = uvicorn.Config(
+        Gateway(app, rt),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=rt.settings.shutdown_grace,
+    )
+    uvicorn.Server(config).run()

@@ -164,6 +164,30 @@ class Settings(BaseSettings):
     connect_timeout: float = _env("KODIFY_CONNECT_TIMEOUT", "seconds > 0 to connect to an upstream", 5.0, gt=0)
     num_retries: int = _env("KODIFY_NUM_RETRIES", "a whole number >= 0", 1, ge=0)
     discovery_interval: float = _env("KODIFY_DISCOVERY_INTERVAL", "seconds >= 1 between upstream checks", 10.0, ge=1)
+    down_recheck_interval: float = _env(
+        "KODIFY_DOWN_RECHECK_INTERVAL", "seconds 0.1-60 between checks of an upstream that is down", 1.0, ge=0.1, le=60
+    )
+    # The client surface and the autocompletion lane (docs/autocompletion.md, README "HTTP")
+    completions_lane: Annotated[Literal["direct", "litellm"], BeforeValidator(_empty_to_default("direct"))] = _env(
+        "KODIFY_COMPLETIONS_LANE",
+        "direct (our lane straight to vLLM) or litellm (through LiteLLM's pipeline)",
+        "direct",
+    )
+    cache_affinity: Flag = _env(
+        "KODIFY_CACHE_AFFINITY",
+        "a boolean: true sends one file's completions to one upstream, false spreads them",
+        True,
+    )
+    stream_idle_timeout: float = _env(
+        "KODIFY_STREAM_IDLE_TIMEOUT", "seconds > 0 a stream may go without a chunk from the upstream", 60.0, gt=0
+    )
+    max_body_bytes: int = _env(
+        "KODIFY_MAX_BODY_BYTES", "a whole number >= 1024 of bytes a request body may have", 32 << 20, ge=1024
+    )
+    shutdown_grace: int = _env(
+        "KODIFY_SHUTDOWN_GRACE", "whole seconds >= 0 requests in flight may take to finish after SIGTERM", 30, ge=0
+    )
+    metrics_auth: Flag = _env("KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need the master key", False)
     # Per-user token auth (auth issue, docs/auth.md): the token cache and the user database
     auth_cache_ttl: float = _env(
         "KODIFY_AUTH_CACHE_TTL",

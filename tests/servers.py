@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -84,6 +85,16 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def master_key(self) -> str:
+        """The LiteLLM master key a kodify-proxy generated into its state dir."""
+        return (Path(self.env["KODIFY_STATE_DIR"]) / "master_key").read_text().strip()
+
+    def health(self) -> dict[str, Any]:
+        """GET /health with the master key: the details (upstream URLs and errors, databases)."""
+        body = httpx.get(self.url + "/health", headers={"Authorization": f"Bearer {self.master_key()}"}).json()
+        assert isinstance(body, dict)
+        return body
+
 
 def fake_upstream(tmp: Path, models: Sequence[str] = ("fake-model",), port: int | None = None) -> Server:
     """A fake OpenAI/vLLM upstream process serving `models` (not started)."""
@@ -127,7 +138,7 @@ def kodify_proxy(
         *extra_args,
     ]
     return Server(
-        name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health/liveliness"
+        name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health"
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from kodify_proxy import fim
 from kodify_proxy.errors import InvalidRequest
+from kodify_proxy.protocol import CompletionRequest, validate
 from kodify_proxy.preprocess import (
     Budget,
     PreprocessConfigError,
@@ -296,6 +297,10 @@ def test_plain_prompt_is_not_fim() -> None:
 # --- the OpenAI body -----------------------------------------------------------------------------------------------
 
 
+def rewrite(data: dict[str, Any], config: str) -> fim.FimRewrite | None:
+    return fim.rewrite_completion(validate(CompletionRequest, data), data, load_shipped(config))
+
+
 def test_openai_suffix_folded_and_dropped() -> None:
     data: dict[str, Any] = {
         "model": "m",
@@ -303,15 +308,20 @@ def test_openai_suffix_folded_and_dropped() -> None:
         "suffix": "\n\nprint(add(1, 2))",
         "max_tokens": 1000,
         "stop": "\n\n\n",
+        "top_k": 5,
     }
-    built = fim.rewrite_openai_body(data, load_shipped("qwen"))
-    assert built is not None
-    assert "suffix" not in data
-    assert data["prompt"] == "<|fim_prefix|>def add(a, b):\n    <|fim_suffix|>\n\nprint(add(1, 2))<|fim_middle|>"
-    assert data["max_tokens"] == 256
-    assert data["temperature"] == 0.1  # the config's default when the client gives none
-    assert data["stop"] == ["\n\n\n", "\n\n", "<|fim_prefix|>", "<|fim_suffix|>"]
-    assert built.post.stop == load_shipped("qwen").special_tokens[2:]
+    done = rewrite(data, "qwen")
+    assert done is not None
+    assert done.body == {
+        "model": "m",
+        "prompt": "<|fim_prefix|>def add(a, b):\n    <|fim_suffix|>\n\nprint(add(1, 2))<|fim_middle|>",
+        "max_tokens": 256,
+        "stop": ["\n\n\n", "\n\n", "<|fim_prefix|>", "<|fim_suffix|>"],
+        "top_k": 5,
+        "temperature": 0.1,  # the config's default when the client gives none
+    }
+    assert "suffix" in data and data["max_tokens"] == 1000  # the client's body is left as it came
+    assert done.built.post.stop == load_shipped("qwen").special_tokens[2:]
 
 
 def test_openai_continue_starcoder_prompt_rebuilt_for_deepseek() -> None:
@@ -321,31 +331,36 @@ def test_openai_continue_starcoder_prompt_rebuilt_for_deepseek() -> None:
         "stop": ["<fim_prefix>", "\n\n"],
         "temperature": 0.7,
     }
-    fim.rewrite_openai_body(data, load_shipped("deepseek"))
-    assert data["temperature"] == 0.7
-    assert data["prompt"] == f"{FB}x = {FH}\n{FE}"
-    assert data["max_tokens"] == 64
-    assert data["stop"] == ["<fim_prefix>", "\n\n", *load_shipped("deepseek").special_tokens[:2]]
+    done = rewrite(data, "deepseek")
+    assert done is not None
+    assert done.body["temperature"] == 0.7
+    assert done.body["prompt"] == f"{FB}x = {FH}\n{FE}"
+    assert done.body["max_tokens"] == 64
+    assert done.body["stop"] == ["<fim_prefix>", "\n\n", *load_shipped("deepseek").special_tokens[:2]]
 
 
 def test_openai_plain_prompt_untouched() -> None:
-    data: dict[str, Any] = {"model": "m", "prompt": "Once upon a time", "max_tokens": 1000}
-    assert fim.rewrite_openai_body(data, load_shipped("qwen")) is None
-    assert data == {"model": "m", "prompt": "Once upon a time", "max_tokens": 1000}
+    assert rewrite({"model": "m", "prompt": "Once upon a time", "max_tokens": 1000}, "qwen") is None
+    assert rewrite({"model": "m", "prompt": [1, 2, 3]}, "qwen") is None  # token ids are never rebuilt
+
+
+def test_openai_suffix_needs_one_string_prompt() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        rewrite({"model": "m", "prompt": ["a", "b"], "suffix": "y"}, "qwen")
+    assert caught.value.param == "suffix" and "single string prompt" in caught.value.message
 
 
 @pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"prompt": "x", "suffix": 3}, "suffix"),
-        ({"prompt": ["a", "b"], "suffix": "y"}, "suffix"),
         ({"prompt": "x", "suffix": "y", "stop": 5}, "stop"),
         ({"prompt": "x", "suffix": "y", "max_tokens": "many"}, "max_tokens"),
     ],
 )
-def test_openai_bad_fields_named(body: dict[str, Any], param: str) -> None:
+def test_openai_bad_fields_named_by_the_typed_request(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        fim.rewrite_openai_body(body, load_shipped("qwen"))
+        validate(CompletionRequest, {"model": "m", **body})
     assert caught.value.param == param
 
 
@@ -397,11 +412,6 @@ def test_postprocess_rules_can_be_switched_off() -> None:
     post = fim.PostContext(crlf=False, cursor_line="    ", line_rest="")
     assert fim.postprocess("x<|endoftext|>\ny", post, off) == "x<|endoftext|>\ny"
     assert fim.postprocess("  ", post, off) == "  "
-
-
-def test_post_state_round_trip() -> None:
-    post = fim.PostContext(crlf=True, cursor_line="  x", line_rest=")", stop=("\n#", "<|endoftext|>"))
-    assert fim.post_from_state(json.loads(json.dumps(fim.post_state(post)))) == post
 
 
 # --- streamed completions: the incremental cut ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure row building: what the middleware saw plus LiteLLM's event -> exactly this journal row."""
+"""Pure row building: what the gateway saw plus LiteLLM's event -> exactly this journal row."""
 
 from __future__ import annotations
 
@@ -7,16 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kodify_proxy.journal.record import (
-    BodyPolicy,
-    Enrichment,
-    Exchange,
-    JournalRow,
-    build_row,
-    clip,
-    is_journaled,
-    sse_error,
-)
+from kodify_proxy.exchange import Exchange
+from kodify_proxy.journal.record import BodyPolicy, JournalRow, build_row, clip, sse_error
 
 STARTED = datetime(2025, 11, 27, 8, 0, tzinfo=UTC)
 CHAT = b'{"model":"m","n":2,"messages":[{"role":"user","content":"hi"}]}'
@@ -32,10 +24,12 @@ def exchange(**changes: object) -> Exchange:
         "request_id": "rid-1",
         "method": "POST",
         "route": "/v1/chat/completions",
+        "path": "/v1/chat/completions",
         "started_at": STARTED,
         "t0": 10.0,
-        "request_body": bytearray(CHAT),
-        "request_bytes": len(CHAT),
+        "request_body": CHAT,
+        "model": "m",
+        "n": 2,
         "status": 200,
         "content_type": "application/json",
         "response_body": bytearray(b'{"ok":true}'),
@@ -48,16 +42,10 @@ def exchange(**changes: object) -> Exchange:
 
 
 def test_a_plain_success_row() -> None:
-    info = Enrichment(
-        user_id="alice",
-        key_alias="laptop",
-        model="m",
-        upstream="http://u:8000",
-        prompt_tokens=5,
-        completion_tokens=3,
-        saw_success=True,
+    done = exchange(
+        user_id="alice", key_alias="laptop", upstream="http://u:8000", prompt_tokens=5, completion_tokens=3
     )
-    row = build_row(exchange(info=info), BodyPolicy())
+    row = build_row(done, BodyPolicy())
     assert row == JournalRow(
         request_id="rid-1",
         started_at=STARTED,
@@ -100,7 +88,7 @@ def test_an_error_body_that_is_not_json_is_named_by_status_or_exception() -> Non
             status=500,
             response_body=bytearray(b"oops"),
             response_bytes=4,
-            info=Enrichment(error_class="APIConnectionError"),
+            error_class="APIConnectionError",
         ),
         BodyPolicy(),
     )
@@ -115,7 +103,7 @@ def test_a_stream_is_stored_once_assembled_with_time_to_first_token() -> None:
             response_body=bytearray(SSE),
             response_bytes=len(SSE),
             first_byte_at=10.05,
-            info=Enrichment(assembled_response=assembled, saw_success=True),
+            assembled_response=assembled,
         ),
         BodyPolicy(),
     )
@@ -154,7 +142,7 @@ def test_an_error_event_inside_a_stream_is_the_error_type() -> None:
         ),
         ({"disconnected": True, "completed": True}, 200, None, None),  # left after the last byte: a success
         (
-            {"status": None, "completed": False, "response_bytes": 0, "failed": True},
+            {"status": None, "completed": False, "response_bytes": 0},
             500,
             "internal_error",
             "the server sent no response (an internal error; see the server log)",
@@ -174,7 +162,7 @@ def test_cut_off_exchanges(
     assert (row.status, row.error_type, row.error_message) == (status, error_type, message)
 
 
-def test_metadata_only_keeps_no_body_but_still_reads_model_and_n() -> None:
+def test_metadata_only_keeps_no_body_but_still_has_model_and_n() -> None:
     row = build_row(exchange(), BodyPolicy(keep=False))
     assert (row.request_body, row.response_body, row.model, row.n) == (None, None, "m", 2)
     assert (row.request_bytes, row.response_bytes) == (len(CHAT), 11)
@@ -202,33 +190,15 @@ def test_clip(data: bytes, total: int, cap: int, expected: tuple[str, bool]) -> 
 
 
 def test_nul_characters_are_replaced_for_postgresql() -> None:
-    escaped = build_row(exchange(request_body=bytearray(b'{"model":"m\\u0000"}'), request_bytes=20), BodyPolicy())
-    assert (escaped.request_body, escaped.model) == ('{"model":"m\\u0000"}', "m\ufffd")
-    raw = build_row(exchange(request_body=bytearray(b"\x00abc"), request_bytes=4), BodyPolicy())
-    assert (raw.request_body, raw.model) == ("\ufffdabc", None)
+    escaped = build_row(exchange(model="m\x00"), BodyPolicy())
+    assert escaped.model == "m\ufffd"
+    raw = build_row(exchange(request_body=b"\x00abc"), BodyPolicy())
+    assert raw.request_body == "\ufffdabc"
 
 
-@pytest.mark.parametrize(
-    ("path", "journaled"),
-    [
-        ("/v1/chat/completions", True),
-        ("/chat/completions", True),
-        ("/v1/completions", True),
-        ("/completions", True),
-        ("/v1/embeddings", True),
-        ("/v1/models", True),
-        ("/v1/events", True),
-        ("/v1beta/server_setting", True),
-        ("/health", False),
-        ("/health/liveliness", False),
-        ("/v1/health", False),
-        ("/key/generate", False),
-        ("/ui/", False),
-        ("/model/info", False),
-    ],
-)
-def test_is_journaled(path: str, journaled: bool) -> None:
-    assert is_journaled(path) is journaled
+@pytest.mark.parametrize(("n", "stored"), [(2**40, 2**31 - 1), (-(2**40), -(2**31)), (3, 3), (None, None)])
+def test_a_count_that_does_not_fit_its_column_is_clamped(n: int | None, stored: int | None) -> None:
+    assert build_row(exchange(n=n), BodyPolicy()).n == stored
 
 
 def test_sse_error_ignores_streams_without_one() -> None:
@@ -236,23 +206,26 @@ def test_sse_error_ignores_streams_without_one() -> None:
 
 
 def test_ready_waits_for_the_success_event_of_a_2xx_and_any_event_of_an_error() -> None:
-    done = exchange()
+    assert exchange().ready()  # served by us: nothing to wait for
+    done = exchange(awaiting_litellm=True)
     assert not done.ready()
-    done.info.saw_failure = True
+    done.saw_failure = True
     assert not done.ready()  # a retried call can fail first and then succeed: wait for the success
-    done.info.saw_success = True
+    done.saw_success = True
     assert done.ready()
-    failed = exchange(status=400)
-    failed.info.saw_failure = True
+    failed = exchange(status=400, awaiting_litellm=True)
+    failed.saw_failure = True
     assert failed.ready()
-    assert not exchange(ended_at=None, info=Enrichment(saw_success=True)).ready()
+    assert not exchange(ended_at=None).ready()
+
+
+def test_an_error_we_sent_is_taken_as_is() -> None:
+    sent = exchange(status=503, response_body=bytearray(b"{}"))
+    sent.took_error("service_unavailable", "No upstream serving 'm' is reachable")
+    row = build_row(sent, BodyPolicy())
+    assert (row.error_type, row.error_message) == ("service_unavailable", "No upstream serving 'm' is reachable")
 
 
 def test_values_longer_than_their_column_are_cut_to_fit() -> None:
-    row = build_row(
-        exchange(
-            route="/v1/" + "p" * 600, request_body=bytearray(b'{"model":"' + b"m" * 300 + b'"}'), request_bytes=312
-        ),
-        BodyPolicy(),
-    )
+    row = build_row(exchange(path="/v1/" + "p" * 600, model="m" * 300), BodyPolicy())
     assert (len(row.route), row.model) == (512, "m" * 255)

@@ -15,12 +15,15 @@ def _client(proxy: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
 
 
-def _assert_openai_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
+def _assert_openai_error(
+    response: httpx.Response, status: int, param: str | None, code: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) >= {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param
-    assert error["code"] == str(status)
+    assert error["code"] == (code or str(status))
+    assert isinstance(error["type"], str) and error["type"] not in ("None", "")
     assert "Traceback" not in error["message"]
     return dict(error)
 
@@ -80,7 +83,9 @@ def test_n_above_max_n_is_rejected_with_the_limit(proxy: Server, path: str, body
 
 def test_unknown_model_is_404_listing_served_models(proxy: Server) -> None:
     body = {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}
-    error = _assert_openai_error(httpx.post(proxy.url + "/v1/chat/completions", json=body), 404, "model")
+    error = _assert_openai_error(
+        httpx.post(proxy.url + "/v1/chat/completions", json=body), 404, "model", "model_not_found"
+    )
     assert "'gpt-9'" in error["message"] and "fake-model" in error["message"]
 
 
@@ -112,11 +117,15 @@ def test_wrong_field_type_is_400_naming_the_field(proxy: Server, path: str, fiel
     assert field in error["message"]
 
 
-def test_health_needs_no_auth_and_reports_upstreams(proxy: Server, upstream: Server) -> None:
+def test_health_needs_no_auth_and_shows_addresses_only_to_the_master_key(proxy: Server, upstream: Server) -> None:
     response = httpx.get(proxy.url + "/health")
     assert response.status_code == 200
-    body = response.json()
-    assert body["status"] == "ok"
-    assert body["upstreams"] == [
-        {"url": upstream.url, "healthy": True, "models": ["fake-model", "fake-embed"], "error": None}
+    assert response.json() == {
+        "status": "ok",
+        "models": ["fake-model", "fake-embed"],
+        "upstreams": [{"healthy": True, "failing": False, "models": ["fake-model", "fake-embed"]}],
+    }
+    assert upstream.url not in response.text and str(upstream.port) not in response.text
+    assert proxy.health()["upstreams"] == [
+        {"url": upstream.url, "healthy": True, "failing": False, "models": ["fake-model", "fake-embed"], "error": None}
     ]

@@ -59,7 +59,7 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
 # --- one path, two shapes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/completions", "/tabby/v1/completions"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/tabby/v1/completions"])
 def test_tabby_body_gets_a_tabby_answer(fim_proxy: Server, upstream: Server, path: str) -> None:
     response = _post(fim_proxy, path, TABBY_BODY)
     assert response.status_code == 200, response.text

@@ -62,10 +62,11 @@ def test_failover_when_one_of_two_upstreams_stops(cluster: dict[str, Server]) ->
     a.stop()
     statuses = [httpx.post(proxy.url + CHAT, json=_chat("shared")).status_code for _ in range(10)]
     assert statuses == [200] * 10
-    health = httpx.get(proxy.url + "/health").json()
+    health = proxy.health()
     assert {u["url"]: u["healthy"] for u in health["upstreams"]}[a.url] is False
+    assert health["status"] == "degraded"
     a.start()
-    _eventually(lambda: all(u["healthy"] for u in httpx.get(proxy.url + "/health").json()["upstreams"]))
+    _eventually(lambda: all(u["healthy"] for u in proxy.health()["upstreams"]))
 
 
 def test_stopped_only_upstream_fails_fast_then_recovers(cluster: dict[str, Server]) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
-from typing import Any
 
 from sqlalchemy import URL
 
+from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.database import JournalUrlError, create_journal_engine, journal_url, render_url, spool_dir
 from kodify_proxy.journal.migrate import MigrationError, upgrade
-from kodify_proxy.journal.record import BodyPolicy
+from kodify_proxy.journal.record import BodyPolicy, build_row
 from kodify_proxy.journal.spool import Spool, SpoolLocked
-from kodify_proxy.journal.tracker import Tracker
 from kodify_proxy.journal.writer import JournalStore, JournalWriter, WriterConfig
 from kodify_proxy.settings import Settings
 
@@ -21,46 +19,34 @@ log = logging.getLogger("kodify_proxy.journal")
 
 
 class Journal:
-    """What `Runtime.journal` holds when LOGS is on."""
+    """What `Runtime.journal` holds when LOGS is on: the row builder in front of the background writer."""
 
-    def __init__(self, tracker: Tracker, writer: JournalWriter, url: URL) -> None:
-        self.tracker = tracker
+    def __init__(self, writer: JournalWriter, url: URL, policy: BodyPolicy) -> None:
         self.writer = writer
         self.url = url
+        self.policy = policy
         self._closed = False
         self._lock = threading.Lock()
-        self._drained = 0
 
-    def drain(self) -> None:
-        """Journal the requests still waiting for LiteLLM's event (at shutdown, on the event loop)."""
-        self._drained += self.tracker.drain()
-
-    def record_event(self, event: dict[str, Any]) -> None:
-        """A Tabby view/select/dismiss event: the request's own row (its body is the event) gets the user."""
-        from kodify_proxy.journal.middleware import current_exchange
-
-        exchange = current_exchange()
-        if exchange is not None:
-            exchange.info.user_id = event.get("user_id")
+    def record(self, exchange: Exchange) -> None:
+        """The observer's sink: one row per finished request, queued for the writer."""
+        self.writer.submit(build_row(exchange, self.policy))
 
     def start(self) -> None:
-        """Start the background writer (from the app's startup)."""
+        """Start the background writer (at the app's startup)."""
         self.writer.start()
 
     def close(self) -> None:
-        """Journal what is still open, then flush the writer: to the database, else the spool (once)."""
+        """Flush the writer: to the database, else the spool (once)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self.drain()
         self.writer.close()
         status = self.writer.status()
         log.info(
-            "Journal flushed: %d rows stored this run, %d open requests journaled at shutdown, "
-            "%d bytes left in the spool",
+            "Journal flushed: %d rows stored this run, %d bytes left in the spool",
             status["stored_rows"],
-            self._drained,
             status["spooled_bytes"],
         )
 
@@ -75,7 +61,7 @@ def build_journal(settings: Settings, url: URL) -> Journal:
         retry_interval=settings.journal_retry_interval,
     )
     writer = JournalWriter(store, Spool(spool_dir(settings)), config)
-    return Journal(Tracker(writer.submit, policy), writer, url)
+    return Journal(writer, url, policy)
 
 
 def open_journal(settings: Settings) -> Journal | None:
@@ -96,7 +82,6 @@ def open_journal(settings: Settings) -> Journal | None:
         raise StartupError(
             f"journal spool {spool_dir(settings)}: {exc}; set KODIFY_JOURNAL_SPOOL_DIR to a writable directory"
         ) from None
-    atexit.register(journal.close)
     log.info(
         "Journal on: %s, bodies %s, spool %s",
         render_url(url),

@@ -1,181 +1,97 @@
-"""Tabby routes: POST /v1/completions told apart from OpenAI bodies by shape, /v1/health, /v1beta/server_setting,
-/v1/events; each also under /tabby. A Tabby completion becomes an OpenAI completion served by LiteLLM's own
-/v1/completions route, so auth, hooks, retries and logging are the same as for every other request."""
+"""Tabby routes (tabby-agent, Tabby IDE plugins): completions in the autocompletion lane, health, server_setting,
+events; each also under /tabby. A Tabby body on /v1/completions is told apart from an OpenAI one by its shape."""
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
-from litellm.proxy._types import UserAPIKeyAuth
-from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
-from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+import orjson
 
-from kodify_proxy import runtime
-from kodify_proxy.errors import InvalidRequest, KodifyError, UpstreamFailed
-from kodify_proxy.middleware import send_json
+from kodify_proxy.call import Call
+from kodify_proxy.errors import UpstreamFailed
+from kodify_proxy.lane.relay import note_usage
+from kodify_proxy.lane.routing import tabby_key
+from kodify_proxy.lane.upstream import UpstreamRequest
+from kodify_proxy.litellm_path import ResponseShaper, forward
+from kodify_proxy.protocol import validate
 from kodify_proxy.tabby import service
-from kodify_proxy.tabby.protocol import HealthState, LogEventRequest, ServerSetting
+from kodify_proxy.tabby.protocol import CompletionRequest, LogEventRequest, ServerSetting
 
-COMPLETION_PATHS: Final = frozenset({"/v1/completions", "/completions"})
-TABBY_PREFIX: Final = "/tabby"
-TABBY_PATHS: Final = frozenset({"/v1/completions", "/v1/health", "/v1/events", "/v1beta/server_setting"})
-_KEPT_HEADERS: Final = frozenset({b"x-litellm-call-id", b"x-request-id"})
-_SEGMENTS_KEY: Final = b'"segments"'
+if TYPE_CHECKING:
+    from kodify_proxy.runtime import Runtime
 
-router = APIRouter(tags=["tabby"])
-# LiteLLM's own auth dependency: our custom_auth (kodify_proxy.auth) plus the master key, as on every route.
-Authenticated = Annotated[UserAPIKeyAuth, Depends(user_api_key_auth)]
+_COMPLETION_HINT = '; send {"language": "...", "segments": {"prefix": "...", "suffix": "..."}}'
 
 
-@router.api_route("/v1/health", methods=["GET", "POST"], response_model_exclude_none=True)
-async def health(_: Authenticated) -> HealthState:
-    """Tabby's health (clients try GET, then POST); `version.git_describe` keeps tabby-agent alive."""
-    return service.build_health(runtime.current())
+def is_tabby_body(data: dict[str, Any]) -> bool:
+    """A Tabby completion: `segments`, and no OpenAI `prompt`."""
+    return "segments" in data and "prompt" not in data
 
 
-@router.get("/v1beta/server_setting")
-async def server_setting(_: Authenticated) -> ServerSetting:
-    """Self-hosted: clients must not send their own telemetry to TabbyML."""
-    return ServerSetting(disable_client_side_telemetry=True)
-
-
-@router.post("/v1/events")
-async def events(request: Request, user: Authenticated, select_kind: str | None = None) -> Response:
-    """A completion was viewed, selected or dismissed: 200 with an empty body, journaled when LOGS is on."""
+def _answer(body: bytes) -> dict[str, Any]:
     try:
-        event = LogEventRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        invalid = InvalidRequest(
-            f"Invalid Tabby event: '{param or 'body'}': {first['msg']}; type is one of view, select, dismiss",
-            param=param,
-        )
-        return JSONResponse(invalid.to_body(), status_code=invalid.status_code)
-    rt = runtime.current()
-    await service.record_event(rt, service.build_event(event, select_kind, user.user_id))
-    return Response(status_code=200)
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UpstreamFailed("The completion came back as something other than a JSON object; check the upstream")
+    return answer
 
 
-def is_tabby_body(body: bytes) -> bool:
-    """A JSON object with `segments` and no `prompt` (the byte check keeps OpenAI bodies from being parsed)."""
-    if _SEGMENTS_KEY not in body:
-        return False
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "segments" in data and "prompt" not in data
+async def completions(rt: Runtime, call: Call) -> None:
+    """POST /v1/completions (Tabby body), /tabby/v1/completions: FIM prompt, one completion, post-processed."""
+    request = validate(CompletionRequest, call.data or {}, what="Tabby completion request ", hint=_COMPLETION_HINT)
+    model = service.tabby_model(rt.monitor)
+    config = service.tabby_config(rt.preprocessing)
+    exchange = call.exchange
+    exchange.model, exchange.language = model, service.language_label(request.language, config)
+    rt.monitor.check_model(model)
+    body, built = service.build_openai_body(request, model, config)
 
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None when the client left first."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives `body` once, then waits on the client (for disconnects) as before."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-def _with_path(scope: Scope, path: str) -> Scope:
-    return {**scope, "path": path, "raw_path": path.encode()}
-
-
-def _with_json_body(scope: Scope, length: int) -> Scope:
-    drop = {b"content-length", b"content-type", b"transfer-encoding"}
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
-    headers += [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
-    return {**scope, "headers": headers}
-
-
-class _Captured:
-    """The response of an inner ASGI call, kept in memory (non-streaming completions only)."""
-
-    def __init__(self) -> None:
-        self.status = 500
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-            self.headers = list(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            self.body += message.get("body", b"")
-
-    async def forward(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": bytes(self.body), "more_body": False})
-
-
-class TabbyDispatch:
-    """ASGI layer in front of LiteLLM: serves Tabby completions through LiteLLM's /v1/completions, strips /tabby."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        tabby_only = path.startswith(TABBY_PREFIX) and path[len(TABBY_PREFIX) :] in TABBY_PATHS
-        if tabby_only:
-            scope = _with_path(scope, path[len(TABBY_PREFIX) :])
-        if scope["method"] != "POST" or scope["path"] not in COMPLETION_PATHS:
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive)
-        if body is None:
-            return
-        if tabby_only or is_tabby_body(body):
-            await self._complete(scope, body, receive, send)
-        else:
-            await self.app(scope, replay(body, receive), send)
-
-    async def _complete(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        rt = runtime.current()
-        try:
-            request = service.parse_request(body)
-            config = service.tabby_config(rt)
-            openai_body, built = service.build_openai_body(request, service.tabby_model(rt), config)
-        except KodifyError as error:
-            await send_json(send, error.status_code, error.to_body())
-            return
-        payload = json.dumps(openai_body, ensure_ascii=False).encode()
-        inner = _with_json_body(_with_path(scope, "/v1/completions"), len(payload))
-        captured = _Captured()
-        await self.app(inner, replay(payload, receive), captured.send)
-        if captured.status != 200:
-            await captured.forward(send)  # already OpenAI-shaped (auth, hooks, upstream errors)
-            return
-        try:
-            answer = json.loads(captured.body)
-        except ValueError:
-            broken = UpstreamFailed("The completion came back as something other than JSON; check the upstream")
-            await send_json(send, broken.status_code, broken.to_body())
-            return
+    async def tabby_answer(openai_answer: bytes) -> bytes:
+        answer = _answer(openai_answer)
+        note_usage(exchange, answer.get("usage"))
         response = service.build_response(answer, built.post, config)
-        kept = [(k, v) for k, v in captured.headers if k.lower() in _KEPT_HEADERS]
-        await send_json(send, 200, response.model_dump(), kept)
+        exchange.completion_id = response.id
+        rt.completions.remember(response.id, service.Served(model, exchange.language))
+        return orjson.dumps(response.model_dump())
+
+    if rt.settings.completions_lane == "litellm":
+        assert rt.litellm is not None
+        shaper = ResponseShaper(call, rt.monitor, model, transform=tabby_answer)
+        await forward(rt.litellm, call, shaper, path="/v1/completions", body=orjson.dumps(body))
+        return
+    segments = request.segments
+    key = tabby_key(call.identity.user_id, segments.filepath, segments.git_url)
+    upstream = UpstreamRequest(model, "/completions", orjson.dumps(body), False, key, call.request_id)
+    served, answer = await call.until_disconnect(rt.lane.read(upstream))
+    exchange.upstream = served.url
+    await call.reply(200, await tabby_answer(answer))
+
+
+async def health(rt: Runtime, call: Call) -> None:
+    """GET|POST /v1/health: Tabby's shape (`version.git_describe` keeps tabby-agent alive); no upstream call."""
+    state = service.build_health(rt.monitor)
+    await call.reply(200, orjson.dumps(state.model_dump(exclude_none=True)))
+
+
+async def server_setting(rt: Runtime, call: Call) -> None:
+    """GET /v1beta/server_setting: self-hosted, so clients must not send their own telemetry to TabbyML."""
+    await call.reply(200, ServerSetting(disable_client_side_telemetry=True).model_dump_json().encode())
+
+
+async def events(rt: Runtime, call: Call) -> None:
+    """POST /v1/events: a completion was viewed, selected or dismissed; 200 with an empty body, recorded."""
+    event = validate(
+        LogEventRequest, call.data or {}, what="Tabby event ", hint="; type is one of view, select, dismiss"
+    )
+    query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
+    select_kind = (query.get("select_kind") or [None])[0]
+    exchange = call.exchange
+    exchange.event = service.build_event(event, select_kind)
+    exchange.completion_id = event.completion_id
+    served = rt.completions.get(event.completion_id)
+    if served is not None:
+        exchange.model, exchange.language = served.model, served.language
+    await call.reply(200, b"", content_type=None)

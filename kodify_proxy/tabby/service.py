@@ -1,20 +1,21 @@
-"""Tabby requests to and from LiteLLM's OpenAI completions: the model, the prompt, the answer, health, events."""
+"""Tabby requests to and from OpenAI completions: the model, the prompt, the answer, health, events (pure)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import platform
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from typing import Any, Final
 
 from kodify_proxy import fim
-from kodify_proxy.errors import InvalidRequest, KodifyError, UpstreamUnavailable
+from kodify_proxy.errors import KodifyError, UpstreamUnavailable
+from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
-from kodify_proxy.runtime import Runtime
 from kodify_proxy.tabby.protocol import (
     Choice,
     CompletionRequest,
@@ -29,16 +30,15 @@ log = logging.getLogger("kodify_proxy.tabby")
 # The Tabby API release whose contract these routes follow (clients/tabby-openapi/openapi.json, 0.17.0).
 TABBY_API_VERSION: Final = "0.17.0"
 DEFAULT_CONFIG: Final = "qwen"  # Tabby requests need a FIM format even when COMPLETIONS_PREPROCESSING_CONFIG is unset
-TABBY_MARKER: Final = "tabby"  # metadata.kodify_api of the OpenAI request a Tabby request becomes
 
 
 class NoCompletionModel(UpstreamUnavailable):
     """No model can answer Tabby requests yet (Tabby itself answers 501 here)."""
 
 
-def tabby_model(rt: Runtime) -> str:
+def tabby_model(monitor: UpstreamMonitor) -> str:
     """config.yml `tabby.model_name`, else the first model of the first upstream (the guide's rule)."""
-    name = rt.monitor.config.tabby_model_name or rt.monitor.default_model()
+    name = monitor.config.tabby_model_name or monitor.default_model()
     if name is None:
         raise NoCompletionModel(
             "No model answers Tabby requests yet: no upstream has listed a model. Check that the vLLM server "
@@ -52,10 +52,9 @@ def _default_config() -> PreprocessingConfig:
     return load_shipped(DEFAULT_CONFIG)
 
 
-def tabby_config(rt: Runtime) -> PreprocessingConfig:
+def tabby_config(configured: PreprocessingConfig | None) -> PreprocessingConfig:
     """The loaded preprocessing config, else the shipped qwen.json."""
-    config = rt.preprocessing
-    return config if isinstance(config, PreprocessingConfig) else _default_config()
+    return configured if configured is not None else _default_config()
 
 
 def to_fim_input(request: CompletionRequest) -> fim.FimInput:
@@ -73,7 +72,7 @@ def to_fim_input(request: CompletionRequest) -> fim.FimInput:
 def build_openai_body(
     request: CompletionRequest, model: str, config: PreprocessingConfig
 ) -> tuple[dict[str, Any], fim.FimPrompt]:
-    """The OpenAI completion body LiteLLM serves for a Tabby request, and the prompt it carries."""
+    """The OpenAI completion body that serves a Tabby request, and the prompt it carries."""
     built = fim.build_prompt(to_fim_input(request), config)
     body: dict[str, Any] = {
         "model": model,
@@ -82,7 +81,6 @@ def build_openai_body(
         "stop": list(built.stop),
         "temperature": config.temperature if request.temperature is None else request.temperature,
         "stream": False,
-        "metadata": {"kodify_api": TABBY_MARKER},
     }
     if request.seed is not None:
         body["seed"] = request.seed
@@ -90,29 +88,13 @@ def build_openai_body(
 
 
 def build_response(answer: dict[str, Any], post: fim.PostContext, config: PreprocessingConfig) -> CompletionResponse:
-    """The Tabby answer from LiteLLM's text completion, each choice post-processed; empty ones are dropped."""
+    """The Tabby answer from an OpenAI text completion, each choice post-processed; empty ones are dropped."""
     choices = []
     for position, choice in enumerate(answer.get("choices") or ()):
         text = fim.postprocess(str(choice.get("text") or ""), post, config)
         if text is not None:
             choices.append(Choice(index=int(choice.get("index", position)), text=text))
     return CompletionResponse(id=str(answer.get("id") or f"cmpl-{time.time_ns()}"), choices=choices)
-
-
-def parse_request(body: bytes) -> CompletionRequest:
-    """The Tabby request in `body`; InvalidRequest naming the first wrong field."""
-    from pydantic import ValidationError
-
-    try:
-        return CompletionRequest.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(
-            f"Invalid Tabby completion request: '{param or 'body'}': {first['msg']}; "
-            'send {"language": "...", "segments": {"prefix": "...", "suffix": "..."}}',
-            param=param,
-        ) from None
 
 
 @lru_cache(maxsize=1)
@@ -130,10 +112,10 @@ def _version() -> Version:
     )
 
 
-def build_health(rt: Runtime) -> HealthState:
+def build_health(monitor: UpstreamMonitor) -> HealthState:
     """Tabby's health: the Tabby model, served by vLLM upstreams (not local devices); no upstream call."""
     try:
-        model: str | None = tabby_model(rt)
+        model: str | None = tabby_model(monitor)
     except KodifyError:
         model = None
     models = {"completion": {"remote": {"kind": "vllm/completion", "model_name": model}}} if model else {}
@@ -150,7 +132,7 @@ def build_health(rt: Runtime) -> HealthState:
     )
 
 
-def build_event(request: LogEventRequest, select_kind: str | None, user_id: str | None) -> dict[str, Any]:
+def build_event(request: LogEventRequest, select_kind: str | None) -> dict[str, Any]:
     """The event as the journal records it; `select_kind` comes from the query string, as in Tabby."""
     return {
         "type": request.type,
@@ -159,19 +141,40 @@ def build_event(request: LogEventRequest, select_kind: str | None, user_id: str 
         "view_id": request.view_id,
         "elapsed": request.elapsed,
         "select_kind": select_kind,
-        "user_id": user_id,
         "ts": int(time.time() * 1000),
     }
 
 
-async def record_event(rt: Runtime, event: dict[str, Any]) -> None:
-    """Hand the event to the journal (`record_event(dict)`, sync or async) when there is one."""
-    record = getattr(rt.journal, "record_event", None)
-    if record is None:
-        return
-    try:
-        result = record(event)
-        if inspect.isawaitable(result):
-            await result
-    except Exception as exc:  # the journal's problem must not fail the client's event
-        log.warning("Could not journal a Tabby %s event: %s", event["type"], type(exc).__name__)
+def language_label(language: str | None, config: PreprocessingConfig) -> str | None:
+    """A client's language id as the configs spell it, if the config knows it ("other" if not; None if none)."""
+    normalized = fim.normalize_language(language)
+    if normalized is None:
+        return None
+    return normalized if normalized in config.languages else "other"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a Tabby completion was: for its later view/select/dismiss events."""
+
+    model: str
+    language: str | None
+
+
+class RecentCompletions:
+    """The last completions served (id -> model, language), so an event can be counted where its completion was."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._items: OrderedDict[str, Served] = OrderedDict()
+
+    def remember(self, completion_id: str, served: Served) -> None:
+        """Note a completion just sent."""
+        self._items[completion_id] = served
+        self._items.move_to_end(completion_id)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def get(self, completion_id: str) -> Served | None:
+        """What the completion with this id was, if it is recent enough."""
+        return self._items.get(completion_id)

@@ -1,0 +1,178 @@
+"""The outer ASGI app: it owns the client surface and hands LiteLLM only what LiteLLM should serve.
+
+For every request: look the route up in the one table (`surface.ROUTES`); authenticate before anything else;
+read and parse the body once (bounded, JSON only); serve it from our handlers (the autocompletion lane, Tabby,
+models, health, metrics) or pass it to LiteLLM (chat, embeddings); record it once for the journal and metrics.
+Any other route is LiteLLM's administration and needs the master key; without it, a 404. Every error is ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kodify_proxy import health, metrics_route, openai_routes, surface
+from kodify_proxy.asgi import header, read_body, send_error
+from kodify_proxy.auth import ANONYMOUS, MASTER, Identity, presented_token
+from kodify_proxy.call import REQUEST_ID_HEADER, Call, ClientLeft
+from kodify_proxy.errors import (
+    InternalError,
+    KodifyError,
+    MethodNotAllowed,
+    RouteNotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from kodify_proxy.observer import observed_receive, observed_send
+from kodify_proxy.protocol import parse_object
+from kodify_proxy.runtime import Runtime
+from kodify_proxy.tabby import routes as tabby_routes
+
+log = logging.getLogger("kodify_proxy.gateway")
+
+Handler = Callable[[Runtime, Call], Awaitable[None]]
+HANDLERS: dict[surface.Kind, Handler] = {
+    "chat": openai_routes.chat,
+    "completions": openai_routes.completions,
+    "embeddings": openai_routes.embeddings,
+    "models": openai_routes.models,
+    "tabby_completions": tabby_routes.completions,
+    "tabby_health": tabby_routes.health,
+    "tabby_setting": tabby_routes.server_setting,
+    "tabby_events": tabby_routes.events,
+    "health": health.serve,
+    "metrics": metrics_route.serve,
+}
+
+
+def is_json(content_type: str | None) -> bool:
+    """No Content-Type (FastAPI and vLLM read JSON then), application/json, or any application/*+json."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class Gateway:
+    """kodify-proxy's ASGI app, in front of LiteLLM's."""
+
+    def __init__(self, litellm: ASGIApp, runtime: Runtime) -> None:
+        self.litellm = litellm
+        self.rt = runtime
+        runtime.litellm = litellm
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.litellm(scope, receive, self._lifespan_send(send))
+        else:  # websockets: none of our routes, and LiteLLM's realtime API is not offered
+            await send({"type": "websocket.close", "code": 1008})
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                from litellm.proxy import proxy_server
+
+                self.rt.start(lambda: proxy_server.llm_router)
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.rt.stop()  # uvicorn re-raises SIGTERM once the lifespan is over: the last moment
+            await send(message)
+
+        return lifespan_send
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = surface.match(scope["method"], scope["path"])
+        if found.route is not None:
+            await self._route(found.route, scope, receive, send)
+        elif found.ui:
+            await self.litellm(scope, receive, send)  # LiteLLM's admin UI pages and login check credentials itself
+        elif self._administrator(scope):
+            await self.litellm(scope, receive, send)
+        elif found.wrong_method:
+            allowed = ", ".join(sorted(found.wrong_method))
+            error = MethodNotAllowed(
+                f"{scope['method']} is not allowed on {scope['path']}; use {allowed}", headers={"allow": allowed}
+            )
+            await send_error(send, error)
+        else:
+            await send_error(send, RouteNotFound(_not_found_message(scope["path"])))
+
+    def _administrator(self, scope: Scope) -> bool:
+        """The master key: LiteLLM's administration routes and UI API are its alone."""
+        try:
+            return self.rt.authenticator.is_master(presented_token(_auth_headers(scope)))
+        except Unauthorized:
+            return False
+
+    async def _route(self, route: surface.Route, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = self.rt.observer.begin(route.path, scope, tracked=route.journaled)
+        receive, send = observed_receive(exchange, receive), observed_send(exchange, send)
+        headers = [(REQUEST_ID_HEADER, exchange.request_id.encode())] if route.journaled else []
+        try:
+            identity = await self._identity(route, scope)
+            exchange.user_id, exchange.key_alias = identity.user_id, identity.key_alias
+            call = Call(route, scope, receive, send, identity, exchange)
+            if route.json_body and not await self._read_json(call):
+                return
+            await HANDLERS[route.kind](self.rt, call)
+        except ClientLeft:
+            exchange.disconnected = True
+        except KodifyError as error:
+            if exchange.status is None:
+                exchange.took_error(error.error_type, error.message)
+                await send_error(send, error, headers)
+        except Exception:
+            log.exception("Request %s to %s failed", exchange.request_id, scope["path"])
+            if exchange.status is None:
+                bug = InternalError(f"Internal error; the server log has the details (request {exchange.request_id})")
+                exchange.took_error(bug.error_type, bug.message)
+                await send_error(send, bug, headers)
+        finally:
+            self.rt.observer.end(exchange)
+
+    async def _identity(self, route: surface.Route, scope: Scope) -> Identity:
+        """Auth before anything else; open routes (and /metrics unless KODIFY_METRICS_AUTH) need none."""
+        if route.auth == "open" or (route.auth == "metrics" and not self.rt.settings.metrics_auth):
+            return MASTER if self._administrator(scope) else ANONYMOUS
+        identity = await self.rt.authenticator.client(presented_token(_auth_headers(scope)))
+        if route.auth == "metrics" and not identity.master:
+            raise Unauthorized("GET /metrics needs the LiteLLM master key here (KODIFY_METRICS_AUTH=true)")
+        return identity
+
+    async def _read_json(self, call: Call) -> bool:
+        """The body, read once and parsed into `call.data`; False when the client left first."""
+        content_type = header(call.scope, b"content-type")
+        if not is_json(content_type):
+            raise UnsupportedMediaType(
+                f"Unsupported Media Type: the body must be JSON, got Content-Type {content_type!r}; "
+                "send 'Content-Type: application/json'",
+                param="content-type",
+            )
+        body = await read_body(call.receive, self.rt.settings.max_body_bytes)
+        if body is None:
+            call.exchange.disconnected = True
+            return False
+        call.body = call.exchange.request_body = body
+        call.data = parse_object(body)
+        model = call.data.get("model")
+        call.exchange.model = model if isinstance(model, str) else None
+        return True
+
+
+def _auth_headers(scope: Scope) -> dict[str, str]:
+    found = {}
+    for name in (b"authorization", b"x-api-key"):
+        value = header(scope, name)
+        if value is not None:
+            found[name.decode()] = value
+    return found
+
+
+def _not_found_message(path: str) -> str:
+    return (
+        f"No route {path} on this server: it serves the OpenAI API (/v1/chat/completions, /v1/completions, "
+        "/v1/embeddings, /v1/models), the Tabby API and /health (README, 'HTTP')"
+    )

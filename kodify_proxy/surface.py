@@ -1,0 +1,97 @@
+"""The client surface: the one table of routes a client may reach. Everything else is LiteLLM's administration
+(master key only) or a 404. README's "HTTP" table lists the same routes; tests/test_surface.py keeps them equal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Kind = Literal[
+    "chat",
+    "completions",
+    "tabby_completions",
+    "embeddings",
+    "models",
+    "tabby_health",
+    "tabby_setting",
+    "tabby_events",
+    "health",
+    "metrics",
+]
+Auth = Literal["client", "open", "metrics"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One documented route: its path, methods, what serves it and who may call it."""
+
+    path: str
+    methods: frozenset[str]
+    kind: Kind
+    auth: Auth = "client"  # client: a client token (or the master key); open: nobody; metrics: KODIFY_METRICS_AUTH
+    journaled: bool = True
+    json_body: bool = False  # the body is parsed (and must be JSON) before the route runs
+
+    @property
+    def label(self) -> str:
+        """The `route` label of metrics: the path, which is bounded (no ids in our paths)."""
+        return self.path
+
+
+def _post(path: str, kind: Kind) -> Route:
+    return Route(path, frozenset({"POST"}), kind, json_body=True)
+
+
+def _tabby(path: str, kind: Kind, methods: frozenset[str]) -> tuple[Route, Route]:
+    body = kind in ("tabby_completions", "tabby_events")
+    return Route(path, methods, kind, json_body=body), Route("/tabby" + path, methods, kind, json_body=body)
+
+
+_GET = frozenset({"GET"})
+_POST = frozenset({"POST"})
+
+ROUTES: Final[tuple[Route, ...]] = (
+    _post("/v1/chat/completions", "chat"),
+    _post("/v1/completions", "completions"),
+    _post("/v1/embeddings", "embeddings"),
+    Route("/v1/models", _GET, "models"),
+    Route("/tabby/v1/completions", _POST, "tabby_completions", json_body=True),
+    *_tabby("/v1/health", "tabby_health", frozenset({"GET", "POST"})),
+    *_tabby("/v1beta/server_setting", "tabby_setting", _GET),
+    *_tabby("/v1/events", "tabby_events", _POST),
+    Route("/health", _GET, "health", auth="open", journaled=False),
+    Route("/metrics", _GET, "metrics", auth="metrics", journaled=False),
+)
+_BY_PATH: Final = {route.path: route for route in ROUTES}
+
+# LiteLLM's admin UI: static pages and its login, which checks credentials itself (litellm/proxy/proxy_server.py).
+UI_PATHS: Final = frozenset(
+    {
+        "/ui",
+        "/login",
+        "/v2/login",
+        "/fallback/login",
+        "/get_image",
+        "/get/ui_settings",
+        "/.well-known/litellm-ui-config",
+        "/litellm/.well-known/litellm-ui-config",
+    }
+)
+UI_PREFIXES: Final = ("/ui/", "/_next/", "/litellm-asset-prefix/", "/sso/")
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a request's method and path reach: a documented route, the UI, or neither."""
+
+    route: Route | None = None
+    wrong_method: frozenset[str] = frozenset()  # the path is ours, but for these methods only
+    ui: bool = False
+
+
+def match(method: str, path: str) -> Match:
+    """Look a request up in the table."""
+    route = _BY_PATH.get(path)
+    if route is not None:
+        return Match(route) if method in route.methods else Match(wrong_method=route.methods)
+    return Match(ui=path in UI_PATHS or path.startswith(UI_PREFIXES))
