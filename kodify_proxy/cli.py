@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from kodify_proxy import logs
 from kodify_proxy.journal.commands import add_journal_parsers
 from kodify_proxy.preprocess import load_configured
 from kodify_proxy.settings import Settings, SettingsError, load_settings
@@ -85,18 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging() -> None:
-    """Our log lines in uvicorn's format; LiteLLM keeps its own handlers (root stays untouched to avoid doubles)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kodify-proxy` console script."""
-    configure_logging()
+    logs.configure()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

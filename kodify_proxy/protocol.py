@@ -6,6 +6,7 @@ reach vLLM unchanged. MAX_N arrives through pydantic's validation context (`{"ma
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -126,15 +127,24 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+def _lenient_json(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """What Python's json makes of a body orjson refused for its numbers (1e999, NaN): the field is then named by
+    validation. Anything else orjson refused is not JSON."""
+    reason = "it nests deeper than 1024 levels" if "depth" in str(exc) else str(exc)
+    if "depth" not in reason:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+    raise InvalidRequest(f"The request body is not valid JSON ({reason}); send a JSON object", param="request_body")
+
+
 def parse_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; InvalidRequest for bad JSON, another JSON value, or a too-deep nesting."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        reason = "it nests deeper than 1024 levels" if "depth" in str(exc) else str(exc)
-        raise InvalidRequest(
-            f"The request body is not valid JSON ({reason}); send a JSON object", param="request_body"
-        ) from None
+        data = _lenient_json(body, exc)
     if not isinstance(data, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object, got {type(data).__name__ if data is not None else 'null'}; "

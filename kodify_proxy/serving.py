@@ -97,6 +97,28 @@ def export_environment(config: KodifyConfig, master_key: str, litellm_config_pat
             os.environ[upstream_key_env(index)] = upstream.api_key.get_secret_value()
 
 
+def http_protocol() -> type:
+    """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse in the OpenAI error shape too.
+
+    uvicorn writes that 400 itself, before any ASGI app runs (uvicorn/protocols/http/httptools_impl.py,
+    `send_400_response`); `uvicorn.Config(http=...)` takes the protocol class.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from kodify_proxy.errors import InvalidRequest
+
+    class OpenAIShapedProtocol(HttpToolsProtocol):
+        def send_400_response(self, msg: str) -> None:
+            body = InvalidRequest(f"{msg} Send a well-formed HTTP/1.1 request.", param="request").render()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
+            self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+            self.transport.close()
+
+    return OpenAIShapedProtocol
+
+
 def run(rt: Runtime, host: str, port: int) -> None:
     """Serve our gateway in front of LiteLLM's app until SIGTERM/SIGINT.
 
@@ -115,6 +137,7 @@ def run(rt: Runtime, host: str, port: int) -> None:
         log_level="info",
         access_log=False,
         lifespan="on",
+        http=http_protocol(),
         timeout_graceful_shutdown=rt.settings.shutdown_grace,
     )
     uvicorn.Server(config).run()

@@ -5,6 +5,11 @@ body (GET /_last), counts requests by content (GET /_count?contains=X) and sleep
 prompt or message contains that marker. A completion prompt containing `REPLY:<JSON string>` gets that string
 as its text (post-processing tests); `REPLY:[<JSON strings>]` gives the text in pieces, which a stream sends as
 its chunks (choices interleaved), and a streamed `REPLY:"…"` goes out in chunks of two characters.
+`DRIP:<seconds>` makes a completion take that long, in 20 steps (a stream sends one chunk per step), watching
+for the client to leave: GET /_disconnects counts the requests whose client left first, as vLLM aborts them.
+`SILENT:<seconds>` makes a stream send one chunk, then nothing for that long. Every answer names this server in
+`system_fingerprint` (`fake-<port>`), and a stream with `stream_options.include_usage` ends with vLLM's usage chunk.
+GET /v1/models counts as GET /_count?contains=/v1/models.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 _SLEEP = re.compile(r"SLEEP:([0-9.]+)")
+_DRIP = re.compile(r"DRIP:([0-9.]+)")
+_SILENT = re.compile(r"SILENT:([0-9.]+)")
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _REPLY = re.compile(rf"REPLY:({_STRING}|\[\s*{_STRING}(?:\s*,\s*{_STRING})*\s*\])")
-_state: dict[str, Any] = {"models": ["fake-model"], "last": None, "texts": []}
+_state: dict[str, Any] = {"models": ["fake-model"], "last": None, "texts": [], "disconnects": 0, "port": 0}
 
 
 def _text_of(body: dict[str, Any]) -> str:
-    if "messages" in body:
-        return " ".join(str(m.get("content", "")) for m in body["messages"])
-    return str(body.get("prompt", ""))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    return str(body.get("prompt", body.get("input", "")))
 
 
 def _usage() -> dict[str, int]:
@@ -64,13 +72,45 @@ async def _prelude(request: Request) -> tuple[dict[str, Any], Response | None]:
     return body, None
 
 
-def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
+def _fingerprint() -> str:
+    return f"fake-{_state['port']}"
+
+
+def _sse(chunks: list[dict[str, Any]], body: dict[str, Any]) -> StreamingResponse:
+    drip, silent = _marker(_DRIP, body), _marker(_SILENT, body)
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage_chunk = {key: chunks[0][key] for key in ("id", "object", "created", "model")}
+        chunks = [*chunks, {**usage_chunk, "choices": [], "usage": _usage()}]
+
     async def gen() -> Any:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            for position, chunk in enumerate(chunks):
+                yield f"data: {json.dumps({**chunk, 'system_fingerprint': _fingerprint()})}\n\n"
+                await asyncio.sleep(drip / 20 if drip else 0)
+                if silent and position == 0:
+                    await asyncio.sleep(silent)
+            yield "data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            _state["disconnects"] += 1
+            raise
 
     return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+def _marker(pattern: re.Pattern[str], body: dict[str, Any]) -> float:
+    match = pattern.search(_text_of(body))
+    return float(match.group(1)) if match else 0.0
+
+
+async def _drip(request: Request, body: dict[str, Any]) -> bool:
+    """Wait out a DRIP marker in steps; False (and counted) when the client left meanwhile."""
+    seconds = _marker(_DRIP, body)
+    for _ in range(20 if seconds else 0):
+        await asyncio.sleep(seconds / 20)
+        if await request.is_disconnected():
+            _state["disconnects"] += 1
+            return False
+    return True
 
 
 async def chat(request: Request) -> Response:
@@ -96,12 +136,15 @@ async def chat(request: Request) -> Response:
                 choices=[{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
             )
         )
-        return _sse(chunks)
+        return _sse(chunks, body)
+    if not await _drip(request, body):
+        return Response(status_code=499)
     choices = [
         {"index": i, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
         for i in range(n)
     ]
-    return JSONResponse(dict(base, object="chat.completion", choices=choices, usage=_usage()))
+    answer = dict(base, object="chat.completion", choices=choices, usage=_usage(), system_fingerprint=_fingerprint())
+    return JSONResponse(answer)
 
 
 async def completions(request: Request) -> Response:
@@ -128,10 +171,15 @@ async def completions(request: Request) -> Response:
                 base, choices=[{"index": i, "text": "", "finish_reason": "length", "logprobs": None} for i in range(n)]
             )
         )
-        return _sse(chunks)
+        return _sse(chunks, body)
+    if not await _drip(request, body):
+        return Response(status_code=499)
     text = "".join(pieces) if pieces is not None else " return 42"
     choices = [{"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i in range(n)]
-    return JSONResponse(dict(base, choices=choices, usage=_usage()))
+    if body.get("return_token_ids") and isinstance(body.get("prompt"), list):
+        for choice in choices:
+            choice.update(prompt_token_ids=body["prompt"], token_ids=[7, 8, 9])
+    return JSONResponse(dict(base, choices=choices, usage=_usage(), system_fingerprint=_fingerprint()))
 
 
 def _reply_pieces(prompt: str) -> list[str] | None:
@@ -149,6 +197,9 @@ async def embeddings(request: Request) -> Response:
     body, error = await _prelude(request)
     if error is not None:
         return error
+    if "embed" not in str(body["model"]):  # vLLM: a generation model has no embeddings endpoint
+        error = {"message": "The model does not support Embeddings API", "type": "BadRequestError", "code": 400}
+        return JSONResponse({"error": {**error, "param": None}}, status_code=400)
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
     return JSONResponse(
@@ -157,6 +208,7 @@ async def embeddings(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
+    _state["texts"].append("/v1/models")
     data = [{"id": m, "object": "model", "owned_by": "vllm", "max_model_len": 512} for m in _state["models"]]
     return JSONResponse({"object": "list", "data": data})
 
@@ -174,6 +226,10 @@ async def health(request: Request) -> Response:
     return Response(status_code=200)
 
 
+async def disconnects(request: Request) -> Response:
+    return JSONResponse(_state["disconnects"])
+
+
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -183,6 +239,7 @@ app = Starlette(
         Route("/health", health),
         Route("/_last", last),
         Route("/_count", count),
+        Route("/_disconnects", disconnects),
     ]
 )
 
@@ -193,6 +250,7 @@ def main() -> None:
     parser.add_argument("--model", action="append")
     args = parser.parse_args()
     _state["models"] = args.model or ["fake-model"]
+    _state["port"] = args.port
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -82,6 +82,12 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-answer, as a crashed server does."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -137,9 +143,7 @@ def kodify_proxy(
         str(port),
         *extra_args,
     ]
-    return Server(
-        name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health"
-    )
+    return Server(name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health")
 
 
 def upstreams_yaml(*urls: str, extra: str = "") -> str:

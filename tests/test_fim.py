@@ -11,7 +11,6 @@ import pytest
 
 from kodify_proxy import fim
 from kodify_proxy.errors import InvalidRequest
-from kodify_proxy.protocol import CompletionRequest, validate
 from kodify_proxy.preprocess import (
     Budget,
     PreprocessConfigError,
@@ -21,6 +20,7 @@ from kodify_proxy.preprocess import (
     parse_config,
     shipped_configs,
 )
+from kodify_proxy.protocol import CompletionRequest, validate
 
 # DeepSeek-Coder's markers: FULLWIDTH VERTICAL LINE (U+FF5C) and LOWER ONE EIGHTH BLOCK (U+2581).
 FB, FH, FE = "<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581end\uff5c>"

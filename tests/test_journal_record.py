@@ -42,9 +42,7 @@ def exchange(**changes: object) -> Exchange:
 
 
 def test_a_plain_success_row() -> None:
-    done = exchange(
-        user_id="alice", key_alias="laptop", upstream="http://u:8000", prompt_tokens=5, completion_tokens=3
-    )
+    done = exchange(user_id="alice", key_alias="laptop", upstream="http://u:8000", prompt_tokens=5, completion_tokens=3)
     row = build_row(done, BodyPolicy())
     assert row == JournalRow(
         request_id="rid-1",

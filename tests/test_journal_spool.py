@@ -124,3 +124,13 @@ def test_reject_keeps_refused_rows_on_disk(tmp_path: Path) -> None:
 def test_appending_nothing_creates_no_segment(tmp_path: Path) -> None:
     Spool(tmp_path).append([])
     assert list(tmp_path.glob("segment-*")) == []
+
+
+def test_spool_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append([make_row(1)])
+    spool.reject([make_row(2)], "refused")
+    files = sorted(p.name for p in (tmp_path / "spool").iterdir())
+    assert files == ["rejected.jsonl", "segment-000000000001.jsonl", "spool.lock"]
+    assert {oct((tmp_path / "spool" / name).stat().st_mode & 0o777) for name in files} == {"0o600"}
+    assert oct((tmp_path / "spool").stat().st_mode & 0o777) == "0o700"

@@ -31,7 +31,11 @@ def monitor() -> UpstreamMonitor:
     ("message", "expected_message", "param"),
     [
         (VLLM_JSON, "n must be 1 when using greedy sampling, got 2.", None),
-        (VLLM_REPR, "max_tokens=9 cannot be greater than max_model_len=5. (parameter=max_tokens, value=9)", "max_tokens"),
+        (
+            VLLM_REPR,
+            "max_tokens=9 cannot be greater than max_model_len=5. (parameter=max_tokens, value=9)",
+            "max_tokens",
+        ),
     ],
 )
 def test_upstream_rejection_keeps_vllms_message(message: str, expected_message: str, param: str | None) -> None:

@@ -48,7 +48,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _append_synced(path: Path, data: bytes) -> None:
-    with path.open("ab") as handle:
+    # 0600: spooled rows hold prompts and answers, no other local user may read them.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -62,7 +64,7 @@ class Spool:
     """Append-only segments in one directory, owned by one process (flock), thread-safe."""
 
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()

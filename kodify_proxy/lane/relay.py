@@ -3,6 +3,7 @@ chunk) — and ended with an OpenAI-shaped error event when the upstream fails o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,7 +19,7 @@ from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
 
 EVENT_STREAM: Final = b"text/event-stream; charset=utf-8"  # what vLLM sends
-_USAGE_CHUNK: Final = (b'"choices":[]', b'"usage":{')
+_USAGE_CHUNK: Final = re.compile(rb'"choices":\s*\[\]')  # vLLM's last chunk with include_usage
 
 
 def note_usage(exchange: Exchange, usage: Any) -> None:
@@ -43,7 +44,7 @@ class StreamPlan:
 
     def event(self, event: bytes) -> bytes:
         """The bytes to send for one whole event."""
-        if all(marker in event for marker in _USAGE_CHUNK):
+        if b'"usage"' in event and _USAGE_CHUNK.search(event):
             chunk = data_of(event)
             if isinstance(chunk, dict):
                 note_usage(self.exchange, chunk.get("usage"))
