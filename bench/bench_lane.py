@@ -1,9 +1,10 @@
 """The autocompletion lane against vLLM direct, the LiteLLM path and bare LiteLLM, side by side in one run.
 
-Usage: .venv/bin/python -m bench.bench_lane [--fake | --vllm URL] [--requests 200] [--rounds 4] [--max-tokens 16]
+Usage: .venv/bin/python -m bench.bench_lane [--fake | --vllm URL] [--seconds 5] [--rounds 4] [--max-tokens 16]
                                             [--cancel] [--prefix-cache] [--out FILE.json]
 
-Targets, measured in interleaved rounds from one client process (httpx, keep-alive):
+Targets, measured in interleaved rounds by `wrk` (Debian's package; keep-alive connections; a C load generator, so
+its own cost stays out of the figures), driven from this one process:
   direct        POST {upstream}/v1/completions with the FIM prompt the lane builds (fim.build_prompt, qwen.json)
   lane          kodify-proxy (KODIFY_COMPLETIONS_LANE=direct, the default)
   litellm-path  kodify-proxy with KODIFY_COMPLETIONS_LANE=litellm (the same checks, then LiteLLM's pipeline)
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench.bench_proxy import MASTER_KEY, percentile, start_bare_litellm
+from bench.bench_proxy import MASTER_KEY, start_bare_litellm
 from bench.bench_tabby import PREFIX, SUFFIX, start_vllm
 from kodify_proxy import fim
 from kodify_proxy.preprocess import load_shipped
@@ -53,10 +55,19 @@ class Target:
     headers: dict[str, str]
 
 
+Scenarios = dict[str, list[tuple[Target, dict[str, Any]]]]
+
+
 def openai_body(model: str, max_tokens: int) -> dict[str, Any]:
     """The FIM completion the lane sends for PREFIX/SUFFIX, greedy."""
     built = fim.build_prompt(fim.FimInput(PREFIX, SUFFIX, "python"), load_shipped("qwen"))
-    return {"model": model, "prompt": built.prompt, "max_tokens": max_tokens, "temperature": 0, "stop": list(built.stop)}
+    return {
+        "model": model,
+        "prompt": built.prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stop": list(built.stop),
+    }
 
 
 def tabby_body() -> dict[str, Any]:
@@ -64,51 +75,59 @@ def tabby_body() -> dict[str, Any]:
     return {"language": "python", "segments": {"prefix": PREFIX, "suffix": SUFFIX}, "temperature": 0}
 
 
-async def run_round(
-    client: httpx.AsyncClient, target: Target, body: dict[str, Any], count: int, concurrency: int
-) -> tuple[list[float], float]:
-    """`count` requests with `concurrency` in flight; latencies (s) and wall time."""
-    latencies: list[float] = []
-    queue = iter(range(count))
-
-    async def worker() -> None:
-        for _ in queue:
-            started = time.perf_counter()
-            response = await client.post(target.base + "/v1/completions", json=body, headers=target.headers)
-            latencies.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise RuntimeError(f"{target.name}: {response.status_code} {response.text[:300]}")
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+local file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = file:read("*a")
+file:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\\n', summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
-async def measure(
-    scenarios: dict[str, list[tuple[Target, dict[str, Any]]]], requests: int, rounds: int
-) -> dict[str, dict[str, float]]:
-    """Every scenario at c=1 and c=16, targets interleaved round by round."""
+def wrk(target: Target, body: dict[str, Any], seconds: float, concurrency: int, tmp: Path) -> dict[str, float]:
+    """One run of wrk (C, so the load generator's own cost stays out of the numbers)."""
+    script, body_file = tmp / "bench.lua", tmp / f"body-{abs(hash(json.dumps(body)))}.json"
+    script.write_text(WRK_SCRIPT)
+    body_file.write_text(json.dumps(body))
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_AUTH": target.headers.get("Authorization", "")}
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script)]
+    done = subprocess.run([*command, target.base + "/v1/completions"], capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{"requests"')]
+    if not lines:
+        raise RuntimeError(f"{target.name}: wrk said\n{done.stdout}{done.stderr}")
+    result: dict[str, float] = json.loads(lines[-1])
+    if result["status_errors"] or result["socket_errors"] or not result["requests"]:
+        raise RuntimeError(f"{target.name}: {result}\n{done.stdout}{done.stderr}")
+    return result
+
+
+def measure(scenarios: Scenarios, seconds: float, rounds: int, tmp: Path) -> dict[str, dict[str, float]]:
+    """Every scenario at c=1 and c=16, targets interleaved round by round (so load drift hits all alike)."""
     results: dict[str, dict[str, float]] = {}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        for scenario, pairs in scenarios.items():
-            for concurrency in (1, 16):
+    for scenario, pairs in scenarios.items():
+        for concurrency in (1, 16):
+            for target, body in pairs:
+                wrk(target, body, 2, concurrency, tmp)  # warm-up
+            runs: dict[str, list[dict[str, float]]] = {t.name: [] for t, _ in pairs}
+            for _ in range(rounds):
                 for target, body in pairs:
-                    await run_round(client, target, body, 20, concurrency)  # warm-up
-                samples: dict[str, list[float]] = {t.name: [] for t, _ in pairs}
-                walls = dict.fromkeys(samples, 0.0)
-                for _ in range(rounds):
-                    for target, body in pairs:
-                        lat, wall = await run_round(client, target, body, requests // rounds, concurrency)
-                        samples[target.name] += lat
-                        walls[target.name] += wall
-                for name, lat in samples.items():
-                    results[f"{scenario} c={concurrency} {name}"] = {
-                        "p50_ms": round(statistics.median(lat) * 1000, 2),
-                        "p99_ms": round(percentile(lat, 99) * 1000, 2),
-                        "rps": round(len(lat) / walls[name], 1),
-                        "n": len(lat),
-                    }
+                    runs[target.name].append(wrk(target, body, seconds, concurrency, tmp))
+            for name, found in runs.items():
+                requests = sum(r["requests"] for r in found)
+                results[f"{scenario} c={concurrency} {name}"] = {
+                    "p50_ms": round(statistics.median(r["p50_us"] for r in found) / 1000, 2),
+                    "p99_ms": round(statistics.median(r["p99_us"] for r in found) / 1000, 2),
+                    "rps": round(requests / (sum(r["duration_us"] for r in found) / 1e6), 1),
+                    "n": requests,
+                }
     return results
 
 
@@ -120,7 +139,9 @@ def render_table(results: dict[str, dict[str, float]]) -> str:
         direct = results[f"{scenario} {conc} direct"]
         ratio = row["p50_ms"] / direct["p50_ms"] if conc == "c=1" else row["rps"] / direct["rps"]
         shown = "" if name == "direct" else f"{ratio:.3f}x {'p50' if conc == 'c=1' else 'req/s'}"
-        lines.append(f"| {scenario} | {conc[2:]} | {name} | {row['p50_ms']} | {row['p99_ms']} | {row['rps']} | {shown} |")
+        lines.append(
+            f"| {scenario} | {conc[2:]} | {name} | {row['p50_ms']} | {row['p99_ms']} | {row['rps']} | {shown} |"
+        )
     return "\n".join(lines)
 
 
@@ -130,16 +151,28 @@ def metric(base: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)", text, re.MULTILINE))
 
 
-async def tokens_after_leaving(vllm: str, url: str, body: dict[str, Any]) -> float:
-    """Tokens vLLM generated for a request whose client hung up after 0.15 s."""
+async def wait_idle(vllm: str) -> None:
+    """Until vLLM runs no request (the previous case's tokens must not count in the next)."""
+    while metric(vllm, "vllm:num_requests_running") > 0:
+        await asyncio.sleep(0.2)
+
+
+async def tokens_for_abandoned(vllm: str, url: str, body: dict[str, Any]) -> tuple[float, float]:
+    """(tokens vLLM generated for a request whose client hung up after 0.15 s, seconds until it really hung up).
+
+    The second figure is there because on two shared cores a busy proxy delays even its clients' own timers.
+    """
+    await wait_idle(vllm)
     before = metric(vllm, "vllm:generation_tokens_total")
+    started = time.monotonic()
     await abandon(url, body, after=0.15)
+    left = time.monotonic() - started
     await asyncio.sleep(4.0)  # 480 tokens take ~3 s here: by now vLLM finished or aborted
-    return metric(vllm, "vllm:generation_tokens_total") - before
+    return metric(vllm, "vllm:generation_tokens_total") - before, left
 
 
-async def measure_cancel(vllm: str, proxy: str, model: str, repeats: int = 3) -> dict[str, float]:
-    """Median tokens generated after a 0.15 s disconnect, per path."""
+async def measure_cancel(vllm: str, proxy: str, model: str, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Median tokens generated for a request abandoned after 0.15 s, per path, and when the client left."""
     long = {"model": model, "max_tokens": 480, "ignore_eos": True, "temperature": 0}
     completion = {**long, "prompt": "def f(x):\n"}
     chat = {**long, "messages": [{"role": "user", "content": "hi"}]}
@@ -153,11 +186,18 @@ async def measure_cancel(vllm: str, proxy: str, model: str, repeats: int = 3) ->
         "chat stream direct": (vllm, "/v1/chat/completions", {**chat, "stream": True}),
         "chat stream litellm": (proxy, "/v1/chat/completions", {**chat, "stream": True}),
     }
-    found: dict[str, list[float]] = {name: [] for name in cases}
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, (base, path, body) in cases.items():
-            found[name].append(await tokens_after_leaving(vllm, base + path, body))
-    return {name: statistics.median(values) for name, values in found.items()}
+            found[name].append(await tokens_for_abandoned(vllm, base + path, body))
+    return {
+        name: {
+            "tokens": statistics.median(t for t, _ in runs),
+            "left_after_s": round(statistics.median(left for _, left in runs), 3),
+            "tokens_each": [t for t, _ in runs],
+        }
+        for name, runs in found.items()
+    }
 
 
 def file_texts(count: int) -> list[str]:
@@ -211,8 +251,6 @@ def measure_prefix_cache(tmp: Path, first: str, model: str, files: int = 16, str
 
 
 def stop_vllm(workdir: Path) -> None:
-    import subprocess
-
     subprocess.run(["bash", str(REPO / "scripts/vllm-stop.sh"), "--workdir", str(workdir)], check=False)
 
 
@@ -235,7 +273,9 @@ def start_targets(tmp: Path, upstream: str, model: str, max_tokens: int) -> tupl
     return [lane, through, bare], targets
 
 
-def scenarios(targets: dict[str, Target], model: str, max_tokens: int) -> dict[str, list[tuple[Target, dict[str, Any]]]]:
+def scenarios(
+    targets: dict[str, Target], model: str, max_tokens: int
+) -> dict[str, list[tuple[Target, dict[str, Any]]]]:
     """The OpenAI body on every target; the Tabby body on ours, beside direct with the same prompt."""
     openai, tabby = openai_body(model, max_tokens), tabby_body()
     return {
@@ -249,7 +289,7 @@ def main() -> None:
     parser.add_argument("--vllm", help="a running vLLM server's base URL (default: start one)")
     parser.add_argument("--fake", action="store_true", help="the fake upstream instead of vLLM (our own cost)")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--requests", type=int, default=200, help="requests per target, scenario and concurrency")
+    parser.add_argument("--seconds", type=float, default=5, help="seconds per target, scenario, concurrency and round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--cancel", action="store_true")
@@ -270,7 +310,7 @@ def main() -> None:
             upstream, started_vllm = start_vllm(tmp / "vllm"), True
         started, targets = start_targets(tmp, upstream, model, args.max_tokens)
         servers += started
-        report["latency"] = asyncio.run(measure(scenarios(targets, model, args.max_tokens), args.requests, args.rounds))
+        report["latency"] = measure(scenarios(targets, model, args.max_tokens), args.seconds, args.rounds, tmp)
         print(render_table(report["latency"]))
         if args.cancel and not args.fake:
             report["tokens_after_disconnect"] = asyncio.run(measure_cancel(upstream, targets["lane"].base, model))
@@ -286,7 +326,7 @@ def main() -> None:
     report["meta"] = {
         "upstream": "fake" if args.fake else "vllm",
         "max_tokens": args.max_tokens,
-        "requests": args.requests,
+        "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "loadavg_after": os.getloadavg(),

@@ -43,6 +43,10 @@ def build_deployment(
         "stream_timeout": timeout,
         "max_retries": 0,  # no SDK retries against the same upstream
         "num_retries": settings.num_retries if group_size > 1 else 0,
+        # LiteLLM closes an abandoned stream with aiohttp's release(), which keeps the connection open, and vLLM
+        # generates to the end (litellm/llms/custom_httpx/aiohttp_transport.py::AiohttpResponseStream.aclose).
+        # On a connection that is not kept alive, release() closes it, and vLLM stops.
+        "extra_headers": {"Connection": "close"},
     }
     if upstream.api_key is not None:
         params["api_key"] = f"os.environ/{upstream_key_env(index)}"

@@ -56,6 +56,7 @@ class Runtime:
     def start(self, router: Callable[[], RouterLike | None]) -> None:
         """Start the monitor and the journal writer (in the serving event loop, after LiteLLM's start-up)."""
         self.monitor.start(router)
+        self.pool.start()
         if self.journal is not None:
             self.journal.start()
         if self.verifier is not None:
@@ -101,7 +102,7 @@ def build_runtime(
     metrics = Metrics(monitor.served_models)
     sinks = [metrics.observe] + ([journal.record] if journal is not None else [])
     observer = Observer(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
-    pool = UpstreamPool(config.upstreams, settings)
+    pool = UpstreamPool(config.upstreams)
     runtime = Runtime(
         settings=settings,
         config=config,
@@ -113,7 +114,7 @@ def build_runtime(
         metrics=metrics,
         observer=observer,
         pool=pool,
-        lane=Lane(monitor, pool, settings),
+        lane=Lane(monitor, pool, settings, lambda url, step: metrics.in_flight.labels(url).inc(step)),
     )
     journal_status = (lambda: journal.writer.status()) if journal is not None else (lambda: None)
     metrics.watch(LiveState(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}, journal_status))

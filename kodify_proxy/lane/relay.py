@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
+import aiohttp
 import orjson
 
 from kodify_proxy.call import Call
@@ -61,24 +61,23 @@ async def relay_stream(call: Call, opened: Opened, plan: StreamPlan, monitor: Up
     framer, url = EventFramer(), opened.upstream.url
     tail = b""
     try:
-        async for raw in opened.response.aiter_raw():
+        async for raw in opened.response.content.iter_any():
             out = b"".join(plan.event(event) for event in framer.feed(raw))
             if out:
                 await call.send({"type": "http.response.body", "body": out, "more_body": True})
         rest = framer.rest()
         tail = plan.event(rest + b"\n\n") if rest.strip() else b""
         monitor.report_success(url)
-    except httpx.ReadTimeout:
+    except TimeoutError:
         monitor.report_failure(url)
-        tail = _failed(
-            call.exchange, UpstreamTimeout(f"Upstream {url} sent nothing for {idle:g} s (KODIFY_STREAM_IDLE_TIMEOUT)")
-        )
-    except httpx.HTTPError as exc:
+        silent = UpstreamTimeout(f"Upstream {url} sent nothing for {idle:g} s (KODIFY_STREAM_IDLE_TIMEOUT)")
+        tail = _failed(call.exchange, silent)
+    except aiohttp.ClientError as exc:
         monitor.report_failure(url, connection=True)
         broken = UpstreamFailed(f"Upstream {url} broke the stream ({type(exc).__name__}): check the vLLM server")
         tail = _failed(call.exchange, broken)
     finally:
-        await opened.response.aclose()
+        opened.close()
     await call.send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
