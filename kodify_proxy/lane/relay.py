@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
@@ -14,12 +14,13 @@ import orjson
 from kodify_proxy.call import Call
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
 from kodify_proxy.exchange import Exchange, whole_number
-from kodify_proxy.fim_stream import DONE, EventFramer, SseCutter, data_of
+from kodify_proxy.fim_stream import DONE, EventFramer, SseCutter, data_of, event_of
 from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
 
 EVENT_STREAM: Final = b"text/event-stream; charset=utf-8"  # what vLLM sends
 _USAGE_CHUNK: Final = re.compile(rb'"choices":\s*\[\]')  # vLLM's last chunk with include_usage
+_UNFINISHED: Final = re.compile(rb'"finish_reason":\s*null')
 
 
 def note_usage(exchange: Exchange, usage: Any) -> None:
@@ -36,21 +37,51 @@ def error_event(error: KodifyError) -> bytes:
 
 @dataclass
 class StreamPlan:
-    """What to do to each event of a lane stream."""
+    """What to do to each event of a lane stream.
+
+    When the client did not ask for usage, the lane asks vLLM for it anyway (the journal and the metrics count
+    tokens) and gives the client the stream vLLM would have sent without it: vLLM then moves
+    `system_fingerprint` from each choice's finishing chunk to the usage chunk, so finishing chunks wait for the
+    usage chunk (the next event, for n = 1), get the fingerprint back, and the usage chunk is dropped.
+    """
 
     exchange: Exchange
     drop_usage: bool = False  # the usage chunk was asked for by us (for the journal), not by the client
     cutter: SseCutter | None = None  # FIM: cut each choice at its stops
+    held: list[dict[str, Any]] = field(default_factory=list)
 
     def event(self, event: bytes) -> bytes:
         """The bytes to send for one whole event."""
         if b'"usage"' in event and _USAGE_CHUNK.search(event):
+            return self._usage(event)
+        if event.startswith(DONE.strip()):
+            return self.flush() + event
+        if self.cutter is not None:
+            event = self.cutter.event(event)
+        if self.drop_usage and b'"finish_reason"' in event and not _UNFINISHED.search(event):
             chunk = data_of(event)
             if isinstance(chunk, dict):
-                note_usage(self.exchange, chunk.get("usage"))
-            if self.drop_usage:
+                self.held.append(chunk)
                 return b""
-        return self.cutter.event(event) if self.cutter is not None else event
+        return event
+
+    def _usage(self, event: bytes) -> bytes:
+        chunk = data_of(event)
+        if not isinstance(chunk, dict):
+            return event
+        note_usage(self.exchange, chunk.get("usage"))
+        if not self.drop_usage:
+            return event
+        fingerprint = chunk.get("system_fingerprint")
+        for finished in self.held:
+            if fingerprint is not None:
+                finished.setdefault("system_fingerprint", fingerprint)
+        return self.flush()
+
+    def flush(self) -> bytes:
+        """The finishing chunks still held (the stream ended without a usage chunk)."""
+        held, self.held = self.held, []
+        return b"".join(event_of(chunk) for chunk in held)
 
 
 async def relay_stream(call: Call, opened: Opened, plan: StreamPlan, monitor: UpstreamMonitor, idle: float) -> None:
@@ -66,16 +97,16 @@ async def relay_stream(call: Call, opened: Opened, plan: StreamPlan, monitor: Up
             if out:
                 await call.send({"type": "http.response.body", "body": out, "more_body": True})
         rest = framer.rest()
-        tail = plan.event(rest + b"\n\n") if rest.strip() else b""
+        tail = plan.flush() + (plan.event(rest + b"\n\n") if rest.strip() else b"")
         monitor.report_success(url)
     except TimeoutError:
         monitor.report_failure(url)
         silent = UpstreamTimeout(f"Upstream {url} sent nothing for {idle:g} s (KODIFY_STREAM_IDLE_TIMEOUT)")
-        tail = _failed(call.exchange, silent)
+        tail = plan.flush() + _failed(call.exchange, silent)
     except aiohttp.ClientError as exc:
         monitor.report_failure(url, connection=True)
         broken = UpstreamFailed(f"Upstream {url} broke the stream ({type(exc).__name__}): check the vLLM server")
-        tail = _failed(call.exchange, broken)
+        tail = plan.flush() + _failed(call.exchange, broken)
     finally:
         opened.close()
     await call.send({"type": "http.response.body", "body": tail, "more_body": False})
