@@ -2,9 +2,10 @@
 
 Usage: .venv/bin/python -m bench.bench_auth [--database-url URL] [--calls 5000] [--requests 300] [--skip-http]
 
-1. In process: our custom_auth function `kodify_proxy.auth.user_api_key_auth` on a real request scope, for the
-   dummy and one-token modes and for per-user tokens on a cache hit and on a miss (a verifier with TTL 0, so
-   every call queries USERS_TABLE in a thread), against PostgreSQL and SQLite. Calls of all rows interleave.
+1. In process: the gateway's auth, `kodify_proxy.auth.Authenticator.client`, for the dummy and one-token modes and
+   for per-user tokens on a cache hit and on a miss (a verifier with TTL 0, so every call queries USERS_TABLE in a
+   thread), against PostgreSQL and SQLite, plus LiteLLM's custom_auth handing the identity on (`user_api_key_auth`,
+   which builds LiteLLM's UserAPIKeyAuth). Calls of all rows interleave.
 2. Over HTTP: three kodify-proxy processes on one fake upstream, measured in interleaved rounds (GET /v1/models
    and a chat request, sequential, keep-alive): dummy auth (the baseline), per-user tokens with the default cache,
    and per-user tokens with KODIFY_AUTH_CACHE_TTL=0 (every request a database lookup).
@@ -27,8 +28,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from starlette.requests import Request
 
-from kodify_proxy import runtime
-from kodify_proxy.auth import TokenVerifier, user_api_key_auth
+from kodify_proxy.auth import IDENTITY_SCOPE_KEY, Authenticator, Identity, TokenVerifier, user_api_key_auth
 from kodify_proxy.settings import load_settings
 from kodify_proxy.users import UserStore, database_url
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
@@ -43,31 +43,26 @@ def summary(times_ms: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
-def auth_request(token: str | None) -> Request:
-    """A Starlette request for POST /v1/chat/completions carrying `token`."""
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    return Request(
-        {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "root_path": "",
-            "query_string": b"",
-            "headers": headers,
-        }
-    )
-
-
 def timed(env: dict[str, str], users: TokenVerifier | None, token: str | None) -> Callable[[], Awaitable[float]]:
-    """One auth call as a coroutine returning its wall time in ms (binding its mode's runtime first)."""
-    request = auth_request(token)
-    # Auth reads settings, the master key and users only; no upstream monitor is needed here.
-    bound = runtime.Runtime(settings=load_settings(env), monitor=None, master_key=MASTER_KEY, users=users)  # type: ignore[arg-type]
+    """One gateway auth call as a coroutine returning its wall time in ms."""
+    authenticator = Authenticator(load_settings(env), MASTER_KEY, users)
 
     async def call() -> float:
-        runtime.bind(bound)
         start = time.perf_counter()
-        await user_api_key_auth(request, token or "")
+        await authenticator.client(token)
+        return (time.perf_counter() - start) * 1000
+
+    return call
+
+
+def timed_handoff() -> Callable[[], Awaitable[float]]:
+    """LiteLLM's custom_auth on a request the gateway authenticated: the identity handed on as UserAPIKeyAuth."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    request = Request({**scope, IDENTITY_SCOPE_KEY: Identity("alice", "kodify-user-token", "0" * 64)})
+
+    async def call() -> float:
+        start = time.perf_counter()
+        await user_api_key_auth(request, None)
         return (time.perf_counter() - start) * 1000
 
     return call
@@ -96,6 +91,7 @@ async def run_in_process(pg_url: str, sqlite_url: str, table: str, calls: int) -
         "user token, cache hit": timed(db_env(pg_url, table), pg_hit, pg_token),
         "user token, miss: PostgreSQL query": timed(db_env(pg_url, table), pg_miss, pg_token),
         "user token, miss: SQLite query": timed(db_env(sqlite_url, "kodify_users"), sqlite_miss, sqlite_token),
+        "LiteLLM custom_auth handing the identity on": timed_handoff(),
     }
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(50):
@@ -190,7 +186,7 @@ def main() -> None:
             in_process = asyncio.run(
                 run_in_process(args.database_url, f"sqlite:///{tmp / 'users.db'}", table, args.calls)
             )
-            print_table(f"In process: user_api_key_auth, {args.calls} calls per row", in_process, "dummy (no token)")
+            print_table(f"In process: gateway auth, {args.calls} calls per row", in_process, "dummy (no token)")
             if not args.skip_http:
                 upstream, proxies, token = start_proxies(tmp, args.database_url, table)
                 try:

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 
 from kodify_proxy import fim
-from kodify_proxy.preprocess import load_shipped
+from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
+from kodify_proxy.protocol import CompletionRequest, validate
+
+
+def rewrite(body: dict[str, object], config: PreprocessingConfig) -> fim.FimRewrite | None:
+    """What the lane does to an OpenAI completion: the typed request, then the FIM body."""
+    return fim.rewrite_completion(validate(CompletionRequest, body), body, config)
+
 
 FUNCTION = '''def compute_{n}(values: list[int], factor: float = 1.5) -> dict[str, float]:
     """Summarise values number {n}: Привет, 世界."""
@@ -71,25 +78,16 @@ def main() -> int:
     snippets = tuple(fim.Snippet(f"src/mod{i}.py", FUNCTION.format(n=i)) for i in range(5))
     request = fim.FimInput(prefix, suffix, "python", snippets)
     crlf_request = fim.FimInput(crlf_prefix, crlf_suffix, "python", snippets)
+    plain = {"model": "m", "prompt": prefix, "suffix": suffix}
+    foreign = {"model": "m", "prompt": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"}
     print(f"file: {len(text.encode())} bytes, {len(text)} characters; config {args.config}")
     medians = [
         report("Tabby path: build_prompt (snippets)", measure(lambda: fim.build_prompt(request, config), args.rounds)),
         report(
             "Tabby path: build_prompt (CRLF file)", measure(lambda: fim.build_prompt(crlf_request, config), args.rounds)
         ),
-        report(
-            "OpenAI path: rewrite_openai_body (suffix)",
-            measure(lambda: fim.rewrite_openai_body({"prompt": prefix, "suffix": suffix}, config), args.rounds),
-        ),
-        report(
-            "OpenAI path: rewrite_openai_body (StarCoder)",
-            measure(
-                lambda: fim.rewrite_openai_body(
-                    {"prompt": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"}, config
-                ),
-                args.rounds,
-            ),
-        ),
+        report("OpenAI path: rewrite_completion (suffix)", measure(lambda: rewrite(plain, config), args.rounds)),
+        report("OpenAI path: rewrite_completion (StarCoder)", measure(lambda: rewrite(foreign, config), args.rounds)),
     ]
     if max(medians) >= args.limit_ms:
         print(f"FAIL: a median is over {args.limit_ms} ms", file=sys.stderr)

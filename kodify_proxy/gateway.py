@@ -43,6 +43,7 @@ HANDLERS: dict[surface.Kind, Handler] = {
     "tabby_setting": tabby_routes.server_setting,
     "tabby_events": tabby_routes.events,
     "health": health.serve,
+    "liveness": health.liveness,
     "metrics": metrics_route.serve,
 }
 

@@ -69,3 +69,8 @@ async def serve(rt: Runtime, call: Call) -> None:
     """GET /health (details when called with the master key)."""
     status, body = build_health(rt, detailed=call.identity.master)
     await call.reply(status, orjson.dumps(body))
+
+
+async def liveness(rt: Runtime, call: Call) -> None:
+    """GET /health/liveliness: the process answers (LiteLLM's liveness route and body, for existing probes)."""
+    await call.reply(200, b'"I\'m alive!"')

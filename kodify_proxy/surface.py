@@ -16,6 +16,7 @@ Kind = Literal[
     "tabby_setting",
     "tabby_events",
     "health",
+    "liveness",
     "metrics",
 ]
 Auth = Literal["client", "open", "metrics"]
@@ -60,6 +61,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     *_tabby("/v1beta/server_setting", "tabby_setting", _GET),
     *_tabby("/v1/events", "tabby_events", _POST),
     Route("/health", _GET, "health", auth="open", journaled=False),
+    Route("/health/liveliness", _GET, "liveness", auth="open", journaled=False),
     Route("/metrics", _GET, "metrics", auth="metrics", journaled=False),
 )
 _BY_PATH: Final = {route.path: route for route in ROUTES}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything kodify-proxy itself needs on a fresh Debian/Ubuntu machine: Python venv (.venv) with the
-# package and its dev tools, and Node.js/npm for the tabby-agent end-to-end tests. Idempotent; re-running only installs what changed. The vLLM CPU environment is
+# package and its dev tools, Node.js/npm for the tabby-agent and Continue end-to-end tests, Prometheus and
+# Chromium for the monitoring and report tests. Idempotent; re-running only installs what changed. The vLLM CPU environment is
 # separate (scripts/vllm-env.sh) because it pins its own torch.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +17,9 @@ if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.nod
     need_apt+=(nodejs)
 fi
 command -v npm >/dev/null || need_apt+=(npm)
+# The monitoring and report tests: a real Prometheus server (and promtool), headless Chromium.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing system packages: ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}"; exit 1

@@ -1,0 +1,190 @@
+"""GET /metrics: the families counted from the one record per request, checked in process and by a real Prometheus
+server (Debian's `prometheus`, started on a loopback port) scraping a real kodify-proxy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kodify_proxy.exchange import Exchange
+from kodify_proxy.metrics import Metrics
+from tests.clients import abandon_sync
+from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
+
+FAMILIES = {
+    "kodify_requests",
+    "kodify_request_duration_seconds",
+    "kodify_time_to_first_token_seconds",
+    "kodify_tokens",
+    "kodify_cancelled_requests",
+    "kodify_upstream_up",
+    "kodify_upstream_in_flight",
+    "kodify_completion_events",
+    "kodify_journal_queue_rows",
+    "kodify_journal_spool_bytes",
+    "kodify_journal_rows_written",
+}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by (name, sorted labels)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def exchange(**values: Any) -> Exchange:
+    base: dict[str, Any] = {"request_id": "r", "method": "POST", "route": "/v1/completions", "path": "/v1/completions"}
+    base.update(started_at=None, t0=1.0, ended_at=1.04, status=200, completed=True)
+    base.update(values)
+    return Exchange(**base)
+
+
+def test_one_record_counts_in_each_family() -> None:
+    metrics = Metrics(lambda: {"m"})
+    metrics.observe(exchange(model="m", stream=True, first_byte_at=1.005, prompt_tokens=5, completion_tokens=3))
+    metrics.observe(exchange(model="typo-model", status=404))
+    metrics.observe(exchange(model="m", disconnected=True, completed=False))
+    event = {"type": "select", "completion_id": "c"}
+    metrics.observe(exchange(route="/v1/events", model="m", language="python", event=event))
+    found = samples(metrics.render().decode())
+    route = ("route", "/v1/completions")
+    assert found[("kodify_requests_total", (("model", "m"), route, ("status", "200")))] == 1
+    assert found[("kodify_requests_total", (("model", "unknown"), route, ("status", "404")))] == 1  # no label per typo
+    assert found[("kodify_requests_total", (("model", "m"), route, ("status", "499")))] == 1
+    assert found[("kodify_cancelled_requests_total", (route,))] == 1
+    assert found[("kodify_tokens_total", (("kind", "prompt"), ("model", "m")))] == 5
+    assert found[("kodify_tokens_total", (("kind", "completion"), ("model", "m")))] == 3
+    assert found[("kodify_time_to_first_token_seconds_count", (("model", "m"), route))] == 1
+    assert found[("kodify_time_to_first_token_seconds_bucket", (("le", "0.01"), ("model", "m"), route))] == 1
+    assert found[("kodify_request_duration_seconds_bucket", (("le", "0.05"), ("model", "m"), route))] == 2
+    labels = (("event", "select"), ("language", "python"), ("model", "m"))
+    assert found[("kodify_completion_events_total", labels)] == 1
+
+
+def test_buckets_suit_autocompletion_and_chat() -> None:
+    found = samples(Metrics(lambda: set()).render().decode())
+    assert found == {}  # nothing observed, no samples
+    metrics = Metrics(lambda: {"m"})
+    metrics.observe(exchange(model="m"))
+    bounds = sorted(
+        float(dict(labels)["le"])
+        for (name, labels) in samples(metrics.render().decode())
+        if name == "kodify_request_duration_seconds_bucket"
+    )
+    assert bounds[0] == 0.005 and bounds[-2] == 30.0 and bounds[-1] == float("inf")
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory, upstream: Server) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("metrics")
+    server = kodify_proxy(tmp, upstreams_yaml(upstream.url), name="metrics").start()
+    yield server
+    server.stop()
+
+
+def prometheus(tmp: Path, target: str) -> subprocess.Popen[bytes]:
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: kodify\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+        ],
+        stdout=(tmp / "prometheus.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    process.port = port  # type: ignore[attr-defined]
+    return process
+
+
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def query(port: int, expression: str) -> float | None:
+    response = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expression}, timeout=5)
+    if response.status_code == 503:  # still starting
+        return None
+    answer = response.json()
+    result = answer["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path) -> None:
+    client = httpx.Client(base_url=scraped.url, timeout=30)
+    for i in range(7):
+        assert client.post("/v1/completions", json={"model": "fake-model", "prompt": f"x{i}"}).status_code == 200
+    for _ in range(3):
+        chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert client.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
+    tabby = {"language": "python", "segments": {"prefix": "x = ", "suffix": "\n"}}
+    completion = client.post("/v1/completions", json=tabby).json()
+    for kind in ("view", "select"):
+        event = {"type": kind, "completion_id": completion["id"], "choice_index": 0}
+        assert client.post("/v1/events", json=event).status_code == 200
+    abandon_sync(scraped.url + "/v1/completions", {"model": "fake-model", "prompt": "DRIP:3"}, after=0.3)
+    time.sleep(0.5)
+    server = prometheus(tmp_path, f"127.0.0.1:{scraped.port}")
+    port = server.port  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(port) or query(port, 'kodify_requests_total{route="/v1/completions"}') is None:
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        completions = 'route="/v1/completions",model="fake-model"'
+        assert query(port, f'sum(kodify_requests_total{{{completions},status="200"}})') == 8  # 7 + the Tabby one
+        assert query(port, f'kodify_requests_total{{{completions},status="499"}}') == 1
+        assert query(port, 'kodify_requests_total{route="/v1/completions",model="unknown",status="404"}') == 1
+        assert query(port, 'kodify_requests_total{route="/v1/chat/completions",status="200"}') == 3
+        assert query(port, 'kodify_cancelled_requests_total{route="/v1/completions"}') == 1
+        assert query(port, 'kodify_time_to_first_token_seconds_count{route="/v1/chat/completions"}') == 3
+        assert query(port, 'sum(kodify_tokens_total{model="fake-model",kind="completion"})') == 3 * 11  # 3 tokens for each of 8 completions and 3 chats
+        events = 'kodify_completion_events_total{model="fake-model",language="python"'
+        assert query(port, events + ',event="view"}') == 1 and query(port, events + ',event="select"}') == 1
+        assert query(port, "kodify_upstream_up") == 1
+        assert query(port, "kodify_journal_queue_rows") == 0
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def test_no_user_or_token_is_a_label(scraped: Server) -> None:
+    text = httpx.get(scraped.url + "/metrics").text
+    assert {family.name for family in text_string_to_metric_families(text)} >= FAMILIES
+    labels = {name for family in text_string_to_metric_families(text) for s in family.samples for name in s.labels}
+    assert labels <= {"route", "model", "status", "kind", "upstream", "language", "event", "le"}
+    assert "anonymous" not in text
+
+
+def test_metrics_can_need_the_master_key(tmp_path: Path, upstream: Server) -> None:
+    server = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env={"KODIFY_METRICS_AUTH": "true"}, name="m2")
+    server.start()
+    try:
+        assert httpx.get(server.url + "/metrics").status_code == 401
+        master = {"Authorization": f"Bearer {server.master_key()}"}
+        response = httpx.get(server.url + "/metrics", headers=master)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        assert json.loads(httpx.get(server.url + "/health").text)["status"] == "ok"  # /health stays open
+    finally:
+        server.stop()
