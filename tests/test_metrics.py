@@ -159,7 +159,8 @@ def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path)
         assert query(port, 'kodify_requests_total{route="/v1/chat/completions",status="200"}') == 3
         assert query(port, 'kodify_cancelled_requests_total{route="/v1/completions"}') == 1
         assert query(port, 'kodify_time_to_first_token_seconds_count{route="/v1/chat/completions"}') == 3
-        assert query(port, 'sum(kodify_tokens_total{model="fake-model",kind="completion"})') == 3 * 11  # 3 tokens for each of 8 completions and 3 chats
+        tokens = 'sum(kodify_tokens_total{model="fake-model",kind="completion"})'
+        assert query(port, tokens) == 3 * 11  # the fake's 3 tokens, for 8 completions and 3 chats
         events = 'kodify_completion_events_total{model="fake-model",language="python"'
         assert query(port, events + ',event="view"}') == 1 and query(port, events + ',event="select"}') == 1
         assert query(port, "kodify_upstream_up") == 1
