@@ -72,6 +72,12 @@ async def _prelude(request: Request) -> tuple[dict[str, Any], Response | None]:
     return body, None
 
 
+def _id(kind: str, request: Request) -> str:
+    """vLLM's answer id: named after the X-Request-Id the caller sent, if it sent one."""
+    given = request.headers.get("x-request-id")
+    return f"{kind}-{given}" if given else f"{kind}-fake"
+
+
 def _fingerprint() -> str:
     return f"fake-{_state['port']}"
 
@@ -152,7 +158,12 @@ async def completions(request: Request) -> Response:
     if error is not None:
         return error
     n = int(body.get("n") or 1)
-    base = {"id": "cmpl-fake", "created": int(time.time()), "model": body["model"], "object": "text_completion"}
+    base = {
+        "id": _id("cmpl", request),
+        "created": int(time.time()),
+        "model": body["model"],
+        "object": "text_completion",
+    }
     pieces = _reply_pieces(_text_of(body))
     if body.get("stream"):
         chunks = [

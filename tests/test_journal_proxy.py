@@ -297,7 +297,7 @@ def test_every_api_request_is_journaled_and_health_probes_are_not(journaled: tup
 def test_the_proxy_said_where_the_journal_goes(journaled: tuple[Server, str]) -> None:
     proxy, _ = journaled
     log = proxy.log_text()
-    assert "Journal schema is at revision 0001" in log
+    assert "Journal schema is at revision 0002" in log
     assert "Journal on: postgresql+psycopg://postgres@127.0.0.1:5432/" in log
     assert "Journal database unavailable" not in log
 
@@ -327,3 +327,28 @@ def test_health_reports_the_journal(journaled: tuple[Server, str]) -> None:
     journal = proxy.health()["databases"]["journal"]
     assert journal["healthy"] is True and journal["database"] == "up" and journal["error"] is None
     assert journal["stored_rows"] >= 1 and "password" not in journal["where"]
+
+
+def test_a_tabby_completion_and_its_events_are_linked(journaled: tuple[Server, str]) -> None:
+    proxy, url = journaled
+    tabby = {"language": "python", "segments": {"prefix": "def f(", "suffix": "):\n", "filepath": "a.py"}}
+    answer = httpx.post(f"{proxy.url}/v1/completions", headers=AUTH, json=tabby, timeout=30)
+    assert answer.status_code == 200
+    completion_id = answer.json()["id"]
+    event = {"type": "select", "completion_id": completion_id, "choice_index": 0, "view_id": "v-9", "elapsed": 800}
+    selected = httpx.post(f"{proxy.url}/v1/events?select_kind=line", headers=AUTH, json=event, timeout=30)
+    completion, selection = row_of(url, request_id(answer)), row_of(url, request_id(selected))
+    assert completion_id == f"cmpl-{request_id(answer)}"  # vLLM names the completion after our request id
+    assert (completion["completion_id"], completion["language"], completion["event_type"]) == (
+        completion_id,
+        "python",
+        None,
+    )
+    assert {k: selection[k] for k in ("completion_id", "event_type", "choice_index", "select_kind", "view_id")} == {
+        "completion_id": completion_id,
+        "event_type": "select",
+        "choice_index": 0,
+        "select_kind": "line",
+        "view_id": "v-9",
+    }
+    assert (selection["elapsed_ms"], selection["model"], selection["language"]) == (800, "fake-model", "python")

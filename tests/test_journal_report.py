@@ -15,7 +15,7 @@ from kodify_proxy.journal.commands import parse_since
 from kodify_proxy.journal.database import create_journal_engine, parse_url
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
-from kodify_proxy.journal.report import UsageRow, load_usage, percentile, render_usage
+from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, render_usage
 from kodify_proxy.journal.writer import JournalStore
 from tests.journal_support import fresh_database
 
@@ -61,6 +61,34 @@ BY_DAY = [UsageRow("2025-11-26", 1, 0, 5, 3, 10.0, 10.0), UsageRow("2025-11-27",
 TOTAL = [UsageRow("TOTAL", 5, 2, 13, 6, 20.0, 38.0)]
 
 
+def tabby(rid: str, when: str, completion: str, event: str | None = None, **fields: object) -> JournalRow:
+    """A Tabby completion (no event) or one of its events, by carol."""
+    values: dict[str, object] = {"route": "/v1/events" if event else "/v1/completions", "event_type": event}
+    values.update(fields)
+    return JournalRow(
+        request_id=rid,
+        started_at=datetime.fromisoformat(when),
+        user_id="carol",
+        method="POST",
+        status=200,
+        latency_ms=5,
+        completion_id=completion,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+DAY = "2025-11-28T10:00:00+00:00"
+TABBY_ROWS = [
+    tabby("t1", DAY, "cmpl-a", model="m1", language="python"),
+    tabby("t2", DAY, "cmpl-b", model="m2", language="rust"),
+    tabby("e1", DAY, "cmpl-a", "view"),  # the event row knows no model: the completion's counts
+    tabby("e2", DAY, "cmpl-a", "select", model="m1", language="python", select_kind="line"),
+    tabby("e3", DAY, "cmpl-b", "view"),
+    tabby("e4", DAY, "cmpl-b", "dismiss"),
+    tabby("e5", "2025-11-29T10:00:00+00:00", "cmpl-gone", "view"),  # its completion was never journaled
+]
+
+
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def journal_url(
     request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -75,11 +103,55 @@ def journal_url(
         yield url
 
 
-def _fill(url: str) -> None:
+def _fill(url: str, rows: list[JournalRow] = ROWS) -> None:
     upgrade(parse_url(url))
     engine = create_journal_engine(parse_url(url))
-    JournalStore(engine).insert(ROWS)
+    JournalStore(engine).insert(rows)
     engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def tabby_url(
+    request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('tabby-report') / 'journal.db'}"
+        _fill(url, TABBY_ROWS)
+        yield url
+        return
+    with fresh_database(database_url) as url:
+        _fill(url, TABBY_ROWS)
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        ("user", {"carol": (3, 1)}),
+        ("model", {"m1": (1, 1), "m2": (1, 0), "-": (1, 0)}),
+        ("language", {"python": (1, 1), "rust": (1, 0), "-": (1, 0)}),
+        ("day", {"2025-11-28": (2, 1), "2025-11-29": (1, 0)}),
+        (None, {"TOTAL": (3, 1)}),
+    ],
+)
+def test_shown_and_accepted_completions(tabby_url: str, by: str | None, expected: dict[str, tuple[int, int]]) -> None:
+    engine = create_journal_engine(parse_url(tabby_url))
+    try:
+        assert load_acceptance(engine, by) == expected  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+
+def test_acceptance_in_the_usage_report(tabby_url: str) -> None:
+    engine = create_journal_engine(parse_url(tabby_url))
+    try:
+        by_language = {
+            row.key: (row.requests, row.shown, row.accepted, row.acceptance) for row in load_usage(engine, "language")
+        }
+    finally:
+        engine.dispose()
+    # Requests by their own language: the completions and the one event that names it.
+    assert by_language == {"-": (4, 1, 0, 0.0), "python": (2, 1, 1, 1.0), "rust": (1, 1, 0, 0.0)}
 
 
 @pytest.mark.parametrize(("by", "expected"), [("user", BY_USER), ("model", BY_MODEL), ("day", BY_DAY), (None, TOTAL)])
@@ -99,12 +171,30 @@ def test_since_leaves_out_older_requests(journal_url: str) -> None:
     engine.dispose()
 
 
+def test_render_usage_shows_acceptance() -> None:
+    rows = [UsageRow("python", 4, 0, 0, 0, 5.0, 5.0, shown=4, accepted=1), UsageRow("go", 1, 0, 0, 0, None, None)]
+    text = render_usage(rows, rows[:1], "language")
+    assert text.splitlines()[0].split() == [
+        "language",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "p50_ms",
+        "p95_ms",
+        "shown",
+        "accepted",
+        "acceptance",
+    ]
+    assert text.splitlines()[1].split()[-3:] == ["4", "1", "25.0%"] and text.splitlines()[2].split()[-1] == "-"
+
+
 def test_render_usage() -> None:
     assert render_usage(BY_MODEL, TOTAL, "model") == (
-        "model  requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms\n"
-        "m1            4       1             13                  6    15.0    37.0\n"
-        "m2            1       1              0                  0    30.0    30.0\n"
-        "TOTAL         5       2             13                  6    20.0    38.0\n"
+        "model  requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms  shown  accepted  acceptance\n"
+        "m1            4       1             13                  6    15.0    37.0      0         0           -\n"
+        "m2            1       1              0                  0    30.0    30.0      0         0           -\n"
+        "TOTAL         5       2             13                  6    20.0    38.0      0         0           -\n"
     )
 
 
@@ -136,11 +226,11 @@ def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
-        "user   requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms\n"
-        "-             1       1              0                  0     1.0     1.0\n"
-        "alice         2       1              7                  2    25.0    29.5\n"
-        "bob           1       0              1                  1    40.0    40.0\n"
-        "TOTAL         4       2              8                  3    25.0    38.5\n"
+        "user   requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms  shown  accepted  acceptance\n"
+        "-             1       1              0                  0     1.0     1.0      0         0           -\n"
+        "alice         2       1              7                  2    25.0    29.5      0         0           -\n"
+        "bob           1       0              1                  1    40.0    40.0      0         0           -\n"
+        "TOTAL         4       2              8                  3    25.0    38.5      0         0           -\n"
     )
 
 

@@ -46,12 +46,26 @@ EXPECTED_COLUMNS = [
     ("response_body", "text", None, "YES"),
     ("response_body_truncated", "boolean", None, "NO"),
 ]
+EVENT_COLUMNS = [  # added by 0002
+    ("completion_id", "character varying", 64, "YES"),
+    ("language", "character varying", 64, "YES"),
+    ("event_type", "character varying", 16, "YES"),
+    ("choice_index", "integer", None, "YES"),
+    ("select_kind", "character varying", 32, "YES"),
+    ("view_id", "character varying", 128, "YES"),
+    ("elapsed_ms", "integer", None, "YES"),
+]
+HEAD_COLUMNS = EXPECTED_COLUMNS + EVENT_COLUMNS
 _INDEX = "INDEX {} ON public.kodify_journal USING btree ({})"
 EXPECTED_INDEXES = {
     "kodify_journal_pkey": "CREATE UNIQUE " + _INDEX.format("kodify_journal_pkey", "request_id"),
     "ix_kodify_journal_started_at": "CREATE " + _INDEX.format("ix_kodify_journal_started_at", "started_at"),
     "ix_kodify_journal_user_id": "CREATE " + _INDEX.format("ix_kodify_journal_user_id", "user_id"),
     "ix_kodify_journal_model": "CREATE " + _INDEX.format("ix_kodify_journal_model", "model"),
+}
+HEAD_INDEXES = {
+    **EXPECTED_INDEXES,
+    "ix_kodify_journal_completion_id": "CREATE " + _INDEX.format("ix_kodify_journal_completion_id", "completion_id"),
 }
 LITELLM_TABLE = '"LiteLLM_SpendLogs"'
 
@@ -94,22 +108,44 @@ def columns(url: str) -> list[tuple[object, ...]]:
 def test_upgrade_and_downgrade_from_an_empty_postgresql(empty_db: str) -> None:
     url = parse_url(empty_db)
     assert current_revision(url) is None
-    assert upgrade(url) == head_revision() == "0001"
+    assert upgrade(url) == head_revision() == "0002"
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_journal", "kodify_alembic_version"}
-    assert columns(empty_db) == EXPECTED_COLUMNS
+    assert columns(empty_db) == HEAD_COLUMNS
     assert (
         dict(query(empty_db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kodify_journal'"))
-        == EXPECTED_INDEXES
+        == HEAD_INDEXES
     )
-    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0001",)]
-    assert upgrade(url) == "0001"  # a second upgrade is a no-op
+    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0002",)]
+    assert upgrade(url) == "0002"  # a second upgrade is a no-op
 
     assert downgrade(url) is None
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_alembic_version"}
     assert query(empty_db, "SELECT count(*) FROM kodify_alembic_version") == [(0,)]
     assert query(empty_db, f"SELECT request_id FROM {LITELLM_TABLE}") == [("keep-me",)]
-    assert upgrade(url) == "0001"  # and back up again
+    assert upgrade(url) == "0002"  # and back up again
+    assert columns(empty_db) == HEAD_COLUMNS
+
+
+def test_0002_from_the_previous_head_keeps_the_rows(empty_db: str) -> None:
+    url = parse_url(empty_db)
+    assert upgrade(url, "0001") == "0001"
     assert columns(empty_db) == EXPECTED_COLUMNS
+    insert = (
+        "INSERT INTO kodify_journal (request_id, started_at, method, route, status, stream, latency_ms, "
+        "request_bytes, request_body_truncated, response_bytes, response_body_truncated) VALUES "
+        "('old-row', now(), 'POST', '/v1/completions', 200, false, 1.5, 0, false, 0, false)"
+    )
+    engine = sa.create_engine(empty_db)
+    with engine.begin() as connection:
+        connection.execute(sa.text(insert))
+    engine.dispose()
+    assert upgrade(url) == "0002"
+    assert columns(empty_db) == HEAD_COLUMNS
+    names = ", ".join(name for name, *_ in EVENT_COLUMNS)
+    assert query(empty_db, f"SELECT request_id, {names} FROM kodify_journal") == [("old-row", *[None] * 7)]
+    assert downgrade(url, "0001") == "0001"
+    assert columns(empty_db) == EXPECTED_COLUMNS
+    assert query(empty_db, "SELECT request_id, latency_ms FROM kodify_journal") == [("old-row", 1.5)]
 
 
 def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
@@ -125,12 +161,14 @@ def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
 
 def test_upgrade_and_downgrade_sqlite(tmp_path: Path) -> None:
     url = parse_url(f"sqlite:///{tmp_path / 'deep' / 'journal.db'}")
-    assert upgrade(url) == "0001"
+    assert upgrade(url) == "0002"
     engine = sa.create_engine(url)
     with engine.connect() as connection:
         names = [r[1] for r in connection.execute(sa.text("PRAGMA table_info(kodify_journal)"))]
     engine.dispose()
-    assert names == [c[0] for c in EXPECTED_COLUMNS]
+    assert names == [c[0] for c in HEAD_COLUMNS]
+    assert downgrade(url, "0001") == "0001"
+    assert "completion_id" not in [c["name"] for c in sa.inspect(sa.create_engine(url)).get_columns("kodify_journal")]
     assert downgrade(url) is None
     assert "kodify_journal" not in sa.inspect(sa.create_engine(url)).get_table_names()
 
@@ -167,15 +205,15 @@ def test_the_guide_command_reads_logs_db_variables(empty_db: str, tmp_path: Path
         tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert columns(empty_db) == EXPECTED_COLUMNS
+    assert columns(empty_db) == HEAD_COLUMNS
 
 
 def test_kodify_proxy_migrate(empty_db: str, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "kodify_proxy.cli", "migrate"]
     done = run(cli, {"KODIFY_JOURNAL_URL": empty_db}, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"journal schema is at revision 0001 in {sa.make_url(empty_db)}"
-    assert columns(empty_db) == EXPECTED_COLUMNS
+    assert done.stdout.strip() == f"journal schema is at revision 0002 in {sa.make_url(empty_db)}"
+    assert columns(empty_db) == HEAD_COLUMNS
 
 
 def test_migrate_names_an_unreachable_database(tmp_path: Path) -> None:
@@ -206,4 +244,4 @@ def test_an_installed_package_finds_the_migrations_in_the_working_directory(empt
     )
     from_source = run(cli, env, REPO)
     assert from_source.returncode == 0, from_source.stderr
-    assert columns(empty_db) == EXPECTED_COLUMNS
+    assert columns(empty_db) == HEAD_COLUMNS

@@ -1,4 +1,4 @@
-"""The journal's SQLAlchemy table: one row per API request; Alembic migrations in alembic/ create it."""
+"""The journal's SQLAlchemy table: one row per API request (Tabby events too); Alembic migrations create it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,16 @@ journal = Table(
     Column("response_bytes", Integer, nullable=False),
     Column("response_body", Text),
     Column("response_body_truncated", Boolean, nullable=False),
+    # Tabby completions and their events (migration 0002): a completion's id is the one its events name.
+    Column("completion_id", String(64)),
+    Column("language", String(64)),
+    Column("event_type", String(16)),  # view | select | dismiss; NULL for every other request
+    Column("choice_index", Integer),
+    Column("select_kind", String(32)),
+    Column("view_id", String(128)),
+    Column("elapsed_ms", Integer),
     Index("ix_kodify_journal_started_at", "started_at"),
     Index("ix_kodify_journal_user_id", "user_id"),
     Index("ix_kodify_journal_model", "model"),
+    Index("ix_kodify_journal_completion_id", "completion_id"),
 )

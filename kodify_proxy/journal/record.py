@@ -24,6 +24,11 @@ _MAX_CHARS = {
     "model": 255,
     "upstream": 512,
     "error_type": 128,
+    "completion_id": 64,
+    "language": 64,
+    "event_type": 16,
+    "select_kind": 32,
+    "view_id": 128,
 }
 CLIENT_DISCONNECTED = "client_disconnected"
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # an INTEGER column
@@ -57,6 +62,13 @@ class JournalRow(BaseModel):
     response_bytes: int = 0
     response_body: str | None = None
     response_body_truncated: bool = False
+    completion_id: str | None = None
+    language: str | None = None
+    event_type: str | None = None
+    choice_index: int | None = None
+    select_kind: str | None = None
+    view_id: str | None = None
+    elapsed_ms: int | None = None
 
     @field_validator("*", mode="after")
     @classmethod
@@ -201,4 +213,24 @@ def build_row(exchange: Exchange, policy: BodyPolicy) -> JournalRow:
         response_bytes=exchange.response_bytes,
         response_body=response_text,
         response_body_truncated=response_cut,
+        completion_id=exchange.completion_id,
+        language=exchange.language,
+        **_event_fields(exchange.event),
     )
+
+
+def _event_fields(event: dict[str, Any] | None) -> dict[str, Any]:
+    """A Tabby event's own fields, as their columns hold them."""
+    if event is None:
+        return {}
+    return {
+        "event_type": event.get("type"),
+        "choice_index": clamped(_whole(event.get("choice_index"))),
+        "select_kind": event.get("select_kind"),
+        "view_id": event.get("view_id"),
+        "elapsed_ms": clamped(_whole(event.get("elapsed"))),
+    }
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,4 +1,5 @@
-"""The usage report from the journal: requests, errors, tokens and p50/p95 latency by user, model or day."""
+"""The usage report from the journal: requests, errors, tokens, p50/p95 latency, and how many Tabby completions were
+shown and accepted, by user, model, language or day."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, Select, case, func, literal, select
+from sqlalchemy import ColumnElement, Engine, FromClause, Select, and_, case, func, literal, select
 
 from kodify_proxy.journal.models import journal
 
-Grouping = Literal["user", "model", "day"]
-GROUPINGS: tuple[Grouping, ...] = ("user", "model", "day")
+Grouping = Literal["user", "model", "language", "day"]
+GROUPINGS: tuple[Grouping, ...] = ("user", "model", "language", "day")
 TOTAL = "TOTAL"
 
 
@@ -29,6 +30,13 @@ class UsageRow:
     completion_tokens: int
     p50_ms: float | None
     p95_ms: float | None
+    shown: int = 0  # Tabby `view` events
+    accepted: int = 0  # Tabby `select` events
+
+    @property
+    def acceptance(self) -> float | None:
+        """Accepted per shown completion; None when nothing was shown."""
+        return self.accepted / self.shown if self.shown else None
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -40,16 +48,20 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def _key(by: Grouping | None, dialect: str) -> ColumnElement[Any]:
+def _key(
+    by: Grouping | None, dialect: str, rows: FromClause = journal, about: FromClause | None = None
+) -> ColumnElement[Any]:
+    """The grouping column; for events, model and language fall back to the completion's (`about`)."""
     if by is None:
         return literal(TOTAL)
     if by == "user":
-        return func.coalesce(journal.c.user_id, "-")
-    if by == "model":
-        return func.coalesce(journal.c.model, "-")
+        return func.coalesce(rows.c.user_id, "-")
+    if by in ("model", "language"):
+        fallback = [about.c[by]] if about is not None else []
+        return func.coalesce(rows.c[by], *fallback, "-")
     if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", journal.c.started_at), "YYYY-MM-DD")
-    return func.substr(journal.c.started_at, 1, 10)  # SQLite stores 'YYYY-MM-DD HH:MM:SS…' in UTC
+        return func.to_char(func.timezone("UTC", rows.c.started_at), "YYYY-MM-DD")
+    return func.substr(rows.c.started_at, 1, 10)  # SQLite stores 'YYYY-MM-DD HH:MM:SS…' in UTC
 
 
 def _since(query: Select[Any], since: datetime | None) -> Select[Any]:
@@ -84,6 +96,29 @@ def _python_percentiles(
     return {group: (percentile(sorted(v), 0.5), percentile(sorted(v), 0.95)) for group, v in latencies.items()}
 
 
+def load_acceptance(engine: Engine, by: Grouping | None, since: datetime | None = None) -> dict[str, tuple[int, int]]:
+    """Group -> (shown, accepted): Tabby's view and select events, each joined to the completion it names."""
+    events, completions = journal.alias("events"), journal.alias("completions")
+    key = _key(by, engine.dialect.name, events, completions)
+    joined = events.outerjoin(
+        completions, and_(completions.c.completion_id == events.c.completion_id, completions.c.event_type.is_(None))
+    )
+    query = (
+        select(
+            key.label("key"),
+            func.sum(case((events.c.event_type == "view", 1), else_=0)).label("shown"),
+            func.sum(case((events.c.event_type == "select", 1), else_=0)).label("accepted"),
+        )
+        .select_from(joined)
+        .where(events.c.event_type.is_not(None))
+        .group_by(key)
+    )
+    if since is not None:
+        query = query.where(events.c.started_at >= since.astimezone(UTC))
+    with engine.connect() as connection:
+        return {str(row.key): (int(row.shown), int(row.accepted)) for row in connection.execute(query)}
+
+
 def _rounded(value: Any) -> float | None:
     return None if value is None else round(float(value), 1)
 
@@ -95,9 +130,11 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
     with engine.connect() as connection:
         rows = connection.execute(_totals_query(key, since, in_database)).mappings().all()
     outside = {} if in_database else _python_percentiles(engine, key, since)
+    acceptance = load_acceptance(engine, by, since)
     report = []
     for row in rows:
         p50, p95 = (row["p50_ms"], row["p95_ms"]) if in_database else outside.get(str(row["key"]), (None, None))
+        shown, accepted = acceptance.get(str(row["key"]), (0, 0))
         report.append(
             UsageRow(
                 str(row["key"]),
@@ -107,6 +144,8 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
                 int(row["completion_tokens"]),
                 _rounded(p50),
                 _rounded(p95),
+                shown,
+                accepted,
             )
         )
     if by is None and not report:
@@ -114,7 +153,17 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
     return report
 
 
-_HEADERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "p50_ms", "p95_ms")
+_HEADERS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "p50_ms",
+    "p95_ms",
+    "shown",
+    "accepted",
+    "acceptance",
+)
 
 
 def _cells(row: UsageRow) -> list[str]:
@@ -129,6 +178,9 @@ def _cells(row: UsageRow) -> list[str]:
         str(row.completion_tokens),
         shown(row.p50_ms),
         shown(row.p95_ms),
+        str(row.shown),
+        str(row.accepted),
+        "-" if row.acceptance is None else f"{row.acceptance * 100:.1f}%",
     ]
 
 
