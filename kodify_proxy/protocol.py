@@ -7,6 +7,7 @@ reach vLLM unchanged. MAX_N arrives through pydantic's validation context (`{"ma
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -133,10 +134,30 @@ def _lenient_json(body: bytes, exc: orjson.JSONDecodeError) -> Any:
     reason = "it nests deeper than 1024 levels" if "depth" in str(exc) else str(exc)
     if "depth" not in reason:
         try:
-            return json.loads(body)
+            data = json.loads(body)
         except (ValueError, RecursionError):
             pass
+        else:
+            _refuse_non_finite(data)
+            return data
     raise InvalidRequest(f"The request body is not valid JSON ({reason}); send a JSON object", param="request_body")
+
+
+def _refuse_non_finite(data: Any) -> None:
+    """InvalidRequest naming the field that holds NaN or an infinity (1e999): no JSON encoder downstream can send it
+    on, so it is the client's 400 here rather than an upstream's 500 later."""
+    stack: list[tuple[Any, str | None]] = [(data, None)]
+    while stack:
+        item, field = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidRequest(
+                f"Invalid value for '{field or 'body'}': {item!r} is not a finite number; send a finite JSON number",
+                param=field,
+            )
+        if isinstance(item, dict):
+            stack.extend((child, field or str(key)) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, field) for child in item)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
