@@ -29,8 +29,9 @@ from sqlalchemy import create_engine, text
 from starlette.requests import Request
 
 from kodify_proxy.auth import IDENTITY_SCOPE_KEY, Authenticator, Identity, TokenVerifier, user_api_key_auth
+from kodify_proxy.database import parse_url
 from kodify_proxy.settings import load_settings
-from kodify_proxy.users import UserStore, database_url
+from kodify_proxy.users import UserStore
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
 
 MASTER_KEY = "sk-bench-" + "1" * 24
@@ -160,7 +161,7 @@ def print_table(title: str, times: dict[str, list[float]], baseline: str | None)
 
 
 def drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(database_url(url))
+    engine = create_engine(parse_url(url))
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     engine.dispose()

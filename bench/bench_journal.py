@@ -14,6 +14,7 @@ docs/journal.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -28,7 +29,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kodify_proxy.journal.database import create_journal_engine, parse_url  # noqa: E402
+from kodify_proxy.database import parse_url  # noqa: E402
+from kodify_proxy.journal.database import journal_engine  # noqa: E402
 from kodify_proxy.journal.migrate import upgrade  # noqa: E402
 from kodify_proxy.journal.record import JournalRow  # noqa: E402
 from kodify_proxy.journal.spool import Spool  # noqa: E402
@@ -68,7 +70,7 @@ def make_rows(count: int) -> list[JournalRow]:
 def writer_throughput(url: str, rows: list[JournalRow], spool_dir: Path) -> tuple[float, float]:
     """(rows/s until all are stored, microseconds per submit)."""
     upgrade(parse_url(url))
-    writer = JournalWriter(JournalStore(create_journal_engine(parse_url(url))), Spool(spool_dir), WriterConfig())
+    writer = JournalWriter(JournalStore(journal_engine(parse_url(url))), Spool(spool_dir), WriterConfig())
     writer.start()
     started = time.perf_counter()
     for row in rows:
@@ -115,10 +117,9 @@ def latency_side_by_side(requests: int, workdir: Path, url: str) -> dict[str, di
                 order = (("off", off), ("on", on)) if i % 2 == 0 else (("on", on), ("off", off))
                 for name, server in order:
                     endpoint = f"{server.url}/v1/chat/completions"
-                    results[name]["chat"].append(timed(lambda e=endpoint: client.post(e, json=chat)))
-                    results[name]["stream"].append(
-                        timed(lambda e=endpoint: client.post(e, json={**chat, "stream": True}))
-                    )
+                    results[name]["chat"].append(timed(functools.partial(client.post, endpoint, json=chat)))
+                    streamed = {**chat, "stream": True}
+                    results[name]["stream"].append(timed(functools.partial(client.post, endpoint, json=streamed)))
         deadline = time.monotonic() + 30
         expected = 2 * requests + 20
         while len(journal_rows(url)) < expected and time.monotonic() < deadline:

@@ -8,7 +8,6 @@ variables, config.yml, each upstream, the user database (AUTH_TYPE=DB), the jour
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -18,15 +17,12 @@ from typing import Literal, TextIO
 
 import httpx
 from pydantic import ValidationError
-from sqlalchemy import URL, create_engine, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy import URL
 
+from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, UpstreamState, check_all, load_config, resolve_config_path
 
-VERSION_TABLE = "kodify_alembic_version"  # the journal's Alembic version table (kodify_proxy/journal/models.py)
-GUIDE_ALEMBIC_INI = Path("/vllm-workspace/middleware/gpt_logger/alembic.ini")
 MIGRATE_FIX = (
     "apply them: `kodify-proxy migrate`, or the guide's `alembic -c <dir>/alembic.ini upgrade head` "
     "(compose: RUN_MIGRATIONS=1 in .env, then `docker compose up migrate`; Kubernetes: RUN_MIGRATIONS=1 runs the "
@@ -200,41 +196,16 @@ def _tabby_findings(config: KodifyConfig, states: list[UpstreamState]) -> list[F
 # --- databases -----------------------------------------------------------------------------------------------
 
 
-def connect_error(url: URL, timeout: float) -> str | None:
-    """Why connecting to `url` and running SELECT 1 fails (the driver's first line), or None when it works."""
-    args = {} if url.drivername.startswith("sqlite") else {"connect_timeout": max(1, math.ceil(timeout))}
-    engine = create_engine(url, connect_args=args, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        return _first_line(exc)
-    finally:
-        engine.dispose()
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    inner = getattr(exc, "orig", None) or exc
-    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    return Path(url.database or "").expanduser() if url.drivername.startswith("sqlite") else None
-
-
 def check_users_database(settings: Settings) -> list[Finding]:
     """With per-user tokens (MTSAI_AUTH=true, AUTH_TYPE=DB, even if only one is set) the database at DB_URL answers."""
     if not (settings.mtsai_auth or settings.auth_type == "DB") or settings.db_url is None:
         return []
-    from kodify_proxy.users import database_url, describe_url
-
     try:
-        url = database_url(settings.db_url.get_secret_value())
-    except ValueError:
+        url = parse_url(settings.db_url.get_secret_value(), "DB_URL")
+    except DatabaseUrlError:
         return []  # reported with the environment
-    where = f"user database {describe_url(url)} (DB_URL)"
-    sqlite = _sqlite_file(url)
+    where = f"user database {render_url(url)} (DB_URL)"
+    sqlite = sqlite_file(url)
     if sqlite is not None and not sqlite.exists():
         return [note(f"{where}: the file does not exist yet; kodify-proxy creates it on first start")]
     error = connect_error(url, settings.auth_db_timeout)
@@ -267,8 +238,8 @@ def check_journal(settings: Settings) -> list[Finding]:
     url = journal_url(settings)
     if url is None:
         return []  # the missing variables are reported with the environment
-    where = f"journal database {url.render_as_string(hide_password=True)}"
-    sqlite = _sqlite_file(url)
+    where = f"journal database {render_url(url)}"
+    sqlite = sqlite_file(url)
     if sqlite is not None and not sqlite.exists():
         return [_not_migrated(settings, f"{where}: the file does not exist, so its migrations were never applied")]
     error = connect_error(url, settings.journal_db_timeout)
@@ -289,56 +260,30 @@ def _not_migrated(settings: Settings, message: str) -> Finding:
     return problem(message, MIGRATE_FIX)
 
 
-def applied_revisions(url: URL) -> tuple[str, ...] | None:
-    """The revisions in the journal's version table; None when the table does not exist."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            if not inspect(connection).has_table(VERSION_TABLE):
-                return None
-            rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-            return tuple(sorted(str(row[0]) for row in rows))
-    finally:
-        engine.dispose()
-
-
 def check_migrations(settings: Settings, url: URL, where: str) -> Finding:
-    """The journal's version table exists and holds the head revision of the migrations."""
+    """The journal's version table exists and holds the head revision that `kodify-proxy migrate` applies."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kodify_proxy.database import reason
+    from kodify_proxy.journal.migrate import applied_revisions, find_alembic_ini, head_revisions
+    from kodify_proxy.journal.models import VERSION_TABLE
+
     try:
-        applied = applied_revisions(url)
+        applied = applied_revisions(url, settings.journal_db_timeout)
     except SQLAlchemyError as exc:
-        return problem(f"{where}: cannot read {VERSION_TABLE}: {_first_line(exc)}", MIGRATE_FIX)
+        return problem(f"{where}: cannot read {VERSION_TABLE}: {reason(exc)}", MIGRATE_FIX)
     if applied is None:
         return _not_migrated(
             settings, f"{where} has no {VERSION_TABLE} table: the journal's migrations were never applied"
         )
-    heads, why = migration_heads()
     shown = ", ".join(applied) or "none"
-    if heads is None:
-        return note(f"{where}: migrations at revision {shown}; not compared with head ({why})")
-    if set(applied) == set(heads):
-        return ok(f"{where}: migrations at head ({shown})")
-    return _not_migrated(settings, f"{where}: migrations at revision {shown}, but the head is {', '.join(heads)}")
-
-
-def find_alembic_ini() -> Path | None:
-    """alembic.ini in the working directory, the source checkout, or the guide's image path."""
-    candidates = (Path.cwd() / "alembic.ini", Path(__file__).resolve().parent.parent / "alembic.ini", GUIDE_ALEMBIC_INI)
-    return next((path for path in candidates if path.is_file()), None)
-
-
-def migration_heads() -> tuple[tuple[str, ...] | None, str]:
-    """The head revision(s) of the migrations that alembic.ini points to, or None and why not."""
-    ini = find_alembic_ini()
-    if ini is None:
-        return None, "no alembic.ini in the working directory"
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     try:
-        return tuple(sorted(ScriptDirectory.from_config(Config(str(ini))).get_heads())), str(ini)
-    except Exception as exc:  # any failure to read the scripts only skips the comparison
-        return None, f"cannot read the migrations of {ini}: {_first_line(exc)}"
+        ini, heads = find_alembic_ini(), head_revisions()
+    except Exception as exc:  # the migrations can't be read: only the comparison is skipped
+        return note(f"{where}: migrations at revision {shown}; not compared with head ({exc})")
+    if set(applied) == set(heads):
+        return ok(f"{where}: migrations at head ({shown}, {ini})")
+    return _not_migrated(settings, f"{where}: migrations at revision {shown}, but the head is {', '.join(heads)}")
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------

@@ -6,9 +6,13 @@ Every failure a client sees is a `KodifyError` subclass carrying its HTTP status
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from litellm.proxy._types import ProxyException
 
 TYPE_BY_STATUS: dict[int, str] = {
     400: "invalid_request_error",
@@ -177,10 +181,17 @@ ERROR_CLASSES: tuple[type[KodifyError], ...] = (
 )
 
 
-def to_proxy_exception(error: KodifyError) -> Exception:
+def to_proxy_exception(error: KodifyError) -> ProxyException:
     """Our error as LiteLLM's ProxyException, for the few places LiteLLM calls us (custom_auth)."""
     from litellm.proxy._types import ProxyException
 
     return ProxyException(
         message=error.message, type=error.error_type, param=error.param, code=error.status_code, openai_code=error.code
     )
+
+
+def describe_validation(exc: ValidationError, *, first_only: bool = False) -> str:
+    """A pydantic error as `where: what` lines joined by `; ` (for files we read: config.yml, the preprocessing
+    config, spool lines). Client requests use protocol.invalid_request, environment variables settings' own."""
+    problems = exc.errors(include_url=False)[: 1 if first_only else None]
+    return "; ".join(f"{'.'.join(map(str, p['loc'])) or 'top level'}: {p['msg']}" for p in problems)

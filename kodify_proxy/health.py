@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kodify_proxy.call import Call
-from kodify_proxy.journal.database import render_url
+from kodify_proxy.database import render_url
 
 if TYPE_CHECKING:
     from kodify_proxy.runtime import Runtime

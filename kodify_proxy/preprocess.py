@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kodify_proxy.errors import describe_validation
 from kodify_proxy.upstreams import ConfigError
 
 log = logging.getLogger("kodify_proxy.preprocess")
@@ -127,9 +128,9 @@ def parse_config(text: str, path: Path) -> PreprocessingConfig:
     try:
         return PreprocessingConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in exc.errors())
         raise PreprocessConfigError(
-            f"{path}: invalid preprocessing config: {problems} (the schema is in docs/autocompletion.md)"
+            f"{path}: invalid preprocessing config: {describe_validation(exc)} "
+            "(the schema is in docs/autocompletion.md)"
         ) from None
 
 

@@ -14,6 +14,8 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from kodify_proxy.errors import describe_validation
+
 log = logging.getLogger("kodify_proxy.upstreams")
 
 
@@ -107,8 +109,7 @@ def _parse_upstream(path: Path, line: int | None, url: str, raw: Any) -> Upstrea
     try:
         extras = UpstreamExtras.model_validate(raw or {})
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{where}: upstream {url!r} has invalid settings: {detail}") from None
+        raise ConfigError(f"{where}: upstream {url!r} has invalid settings: {describe_validation(exc)}") from None
     return Upstream(url=url.rstrip("/"), api_key=extras.api_key, models=extras.models, timeout=extras.timeout)
 
 
@@ -133,7 +134,7 @@ def parse_config(text: str, path: Path) -> KodifyConfig:
     try:
         tabby = TabbySection.model_validate(data.get("tabby") or {})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid `tabby:` section: {exc.errors()[0]['msg']}") from None
+        raise ConfigError(f"{path}: invalid `tabby:` section: {describe_validation(exc, first_only=True)}") from None
     return KodifyConfig(path=path, upstreams=upstreams, tabby_model_name=tabby.model_name)
 
 

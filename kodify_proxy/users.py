@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -28,16 +26,17 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     insert,
     inspect,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
+
+from kodify_proxy import database
 
 log = logging.getLogger("kodify_proxy.users")
 
@@ -47,8 +46,6 @@ _TOKEN_SHAPE = re.compile(r"sk-kodify-[A-Za-z0-9_-]{43}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 USER_NAME_RULE = "1-128 characters: letters, digits and . _ @ + - (starting with a letter or digit)"
-_POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
-_SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"}
 REQUIRED_COLUMNS = frozenset({"name", "token_sha256", "created_at", "token_issued_at", "expires_at", "revoked_at"})
 
 Status = Literal["active", "revoked", "expired"]
@@ -104,28 +101,6 @@ def parse_table_name(raw: str) -> TableName:
             "and made of letters, digits and _ (at most 63 characters)"
         )
     return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
-
-
-def database_url(raw: str) -> URL:
-    """DB_URL as SQLAlchemy URL: the guide's postgresql://… mapped to psycopg 3, or an sqlite file URL."""
-    try:
-        url = make_url(raw.strip())
-    except ArgumentError:
-        raise ValueError("not a URL; use postgresql://USER:PASSWORD@HOST:PORT/DB or sqlite:///path.db") from None
-    if url.drivername in _POSTGRES_DRIVERS:
-        if not url.database:
-            raise ValueError("the PostgreSQL URL names no database; end it with /DBNAME")
-        return url.set(drivername="postgresql+psycopg")
-    if url.drivername in _SQLITE_DRIVERS:
-        if not url.database or url.database == ":memory:":
-            raise ValueError("SQLite needs a file, not memory: sqlite:///relative.db or sqlite:////absolute/path.db")
-        return url.set(drivername="sqlite+pysqlite")
-    raise ValueError(f"database {url.drivername!r} is not supported; use postgresql://… or sqlite:///…")
-
-
-def describe_url(url: URL) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    return url.render_as_string(hide_password=True)
 
 
 def build_table(metadata: MetaData, table: TableName) -> Table:
@@ -194,24 +169,6 @@ class IssuedToken:
     expires_at: datetime | None
 
 
-def _engine_options(url: URL, timeout: float) -> dict[str, Any]:
-    if url.drivername.startswith("sqlite"):
-        return {"connect_args": {"timeout": timeout}}
-    # connect_timeout bounds connecting; tcp_user_timeout bounds a query on a connection whose peer vanished.
-    connect = {
-        "connect_timeout": max(1, math.ceil(timeout)),
-        "tcp_user_timeout": int(timeout * 1000),
-        "application_name": "kodify-proxy",
-    }
-    return {"connect_args": connect, "pool_pre_ping": True, "pool_size": 4, "max_overflow": 4, "pool_timeout": timeout}
-
-
-def _first_line(exc: BaseException) -> str:
-    """A short reason from a driver error: its first line, without SQLAlchemy's [SQL: …] tail."""
-    inner = getattr(exc, "orig", None) or exc
-    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-
-
 class UserStore:
     """USERS_TABLE at DB_URL: create it, add/list/revoke/rotate users, find a user by token hash (all blocking)."""
 
@@ -219,20 +176,21 @@ class UserStore:
         self.url = url
         self.table_name = table
         self.table = build_table(MetaData(), table)
-        self.engine: Engine = create_engine(url, **_engine_options(url, timeout))
+        self.timeout = timeout
+        self.engine: Engine = database.create_engine(url, timeout=timeout, pool_size=4, application_name="kodify-proxy")
 
     @classmethod
     def from_settings_values(cls, db_url: str, users_table: str, timeout: float) -> UserStore:
         """A store from the raw DB_URL and USERS_TABLE values (validated by settings already)."""
-        return cls(database_url(db_url), parse_table_name(users_table), timeout)
+        return cls(database.parse_url(db_url, "DB_URL"), parse_table_name(users_table), timeout)
 
     def where(self) -> str:
         """USERS_TABLE at DB_URL, password hidden."""
-        return f"table {self.table_name} at {describe_url(self.url)}"
+        return f"table {self.table_name} at {database.render_url(self.url)}"
 
     def unavailable(self, exc: BaseException) -> UserDatabaseError:
         """The error to raise when the database failed, with the reason and where (never the password)."""
-        return UserDatabaseError(f"the user database ({self.where()}) is unavailable: {_first_line(exc)}")
+        return UserDatabaseError(f"the user database ({self.where()}) is unavailable: {database.reason(exc)}")
 
     def ensure_table(self) -> None:
         """Create the database (SQLite file / PostgreSQL database), the schema and the table when missing."""
@@ -253,18 +211,19 @@ class UserStore:
 
     def _prepare_database(self) -> None:
         if self.engine.dialect.name == "sqlite":
-            Path(self.url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
-            return
+            return  # database.create_engine made the file's folder; connecting creates the file
         try:
             with self.engine.connect():
                 return
         except SQLAlchemyError as exc:
-            if "does not exist" not in _first_line(exc):
+            if "does not exist" not in database.reason(exc):
                 raise
         self._create_postgres_database()
 
     def _create_postgres_database(self) -> None:
-        maintenance = create_engine(self.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        maintenance = database.short_lived_engine(
+            self.url.set(database="postgres"), self.timeout, isolation_level="AUTOCOMMIT"
+        )
         try:
             with maintenance.connect() as conn:
                 name = maintenance.dialect.identifier_preparer.quote(self.url.database or "")

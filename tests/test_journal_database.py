@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kodify_proxy.journal.database import JournalUrlError, journal_url, parse_url, render_url, spool_dir
+from kodify_proxy.database import DatabaseUrlError, parse_url, render_url
+from kodify_proxy.journal.database import journal_url, spool_dir
 from kodify_proxy.settings import SettingsError, load_settings
 
 LOGS_DB = {
@@ -66,6 +67,7 @@ def test_without_any_database_setting_the_journal_is_an_sqlite_file_in_the_state
     [
         ("postgresql://u:p@h:5432/d", "postgresql+psycopg://u:***@h:5432/d"),
         ("postgres://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+psycopg://u@h/d"),  # the same rules as DB_URL
         (
             "postgresql+psycopg://u@h/d?options=-csearch_path%3Dkodify",
             "postgresql+psycopg://u@h/d?options=-csearch_path%3Dkodify",
@@ -80,13 +82,14 @@ def test_parse_url(text: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("mysql://u@h/d", "KODIFY_JOURNAL_URL uses 'mysql'; the journal supports postgresql and sqlite"),
-        ("journal.db", "KODIFY_JOURNAL_URL is not a database URL"),
+        ("mysql://u@h/d", "KODIFY_JOURNAL_URL: database 'mysql' is not supported; use postgresql://"),
+        ("journal.db", "KODIFY_JOURNAL_URL: not a database URL"),
+        ("postgresql://u@h", "KODIFY_JOURNAL_URL: the PostgreSQL URL names no database"),
     ],
 )
 def test_parse_url_rejects(text: str, message: str) -> None:
-    with pytest.raises(JournalUrlError, match=message):
-        parse_url(text)
+    with pytest.raises(DatabaseUrlError, match=message):
+        parse_url(text, "KODIFY_JOURNAL_URL")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from kodify_proxy.journal.database import parse_url
+from kodify_proxy.database import parse_url
 from kodify_proxy.journal.migrate import upgrade
 from tests.journal_support import TcpForwarder, fresh_database, journal_rows, via_port, wait_for_rows
 from tests.servers import Server, kodify_proxy, upstreams_yaml

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kodify_proxy.database import parse_url
 from kodify_proxy.journal.commands import parse_since
-from kodify_proxy.journal.database import create_journal_engine, parse_url
+from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
 from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, render_usage
@@ -105,7 +106,7 @@ def journal_url(
 
 def _fill(url: str, rows: list[JournalRow] = ROWS) -> None:
     upgrade(parse_url(url))
-    engine = create_journal_engine(parse_url(url))
+    engine = journal_engine(parse_url(url))
     JournalStore(engine).insert(rows)
     engine.dispose()
 
@@ -135,7 +136,7 @@ def tabby_url(
     ],
 )
 def test_shown_and_accepted_completions(tabby_url: str, by: str | None, expected: dict[str, tuple[int, int]]) -> None:
-    engine = create_journal_engine(parse_url(tabby_url))
+    engine = journal_engine(parse_url(tabby_url))
     try:
         assert load_acceptance(engine, by) == expected  # type: ignore[arg-type]
     finally:
@@ -143,7 +144,7 @@ def test_shown_and_accepted_completions(tabby_url: str, by: str | None, expected
 
 
 def test_acceptance_in_the_usage_report(tabby_url: str) -> None:
-    engine = create_journal_engine(parse_url(tabby_url))
+    engine = journal_engine(parse_url(tabby_url))
     try:
         by_language = {
             row.key: (row.requests, row.shown, row.accepted, row.acceptance) for row in load_usage(engine, "language")
@@ -156,13 +157,13 @@ def test_acceptance_in_the_usage_report(tabby_url: str) -> None:
 
 @pytest.mark.parametrize(("by", "expected"), [("user", BY_USER), ("model", BY_MODEL), ("day", BY_DAY), (None, TOTAL)])
 def test_load_usage(journal_url: str, by: str | None, expected: list[UsageRow]) -> None:
-    engine = create_journal_engine(parse_url(journal_url))
+    engine = journal_engine(parse_url(journal_url))
     assert load_usage(engine, by, None) == expected  # type: ignore[arg-type]
     engine.dispose()
 
 
 def test_since_leaves_out_older_requests(journal_url: str) -> None:
-    engine = create_journal_engine(parse_url(journal_url))
+    engine = journal_engine(parse_url(journal_url))
     assert load_usage(engine, "day", parse_since("2025-11-27")) == BY_DAY[1:]
     assert load_usage(engine, "user", parse_since("2025-11-27T09:30")) == [
         UsageRow("-", 1, 1, 0, 0, 1.0, 1.0),
@@ -237,7 +238,7 @@ def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
 def test_an_empty_journal_reports_a_zero_total(tmp_path: Path) -> None:
     url = parse_url(f"sqlite:///{tmp_path / 'empty.db'}")
     upgrade(url)
-    engine = create_journal_engine(url)
+    engine = journal_engine(url)
     assert load_usage(engine, "user") == []
     assert load_usage(engine, None) == [UsageRow("TOTAL", 0, 0, 0, 0, None, None)]
     engine.dispose()

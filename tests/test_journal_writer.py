@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from kodify_proxy.journal.database import create_journal_engine, parse_url
+from kodify_proxy.database import parse_url
+from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
 from kodify_proxy.journal.spool import REJECTED_NAME, Spool
@@ -79,7 +80,7 @@ def wait_until(predicate: object, timeout: float = 20.0) -> bool:
 
 
 def make_writer(url: str, spool_dir: Path, timeout: float = 2.0) -> JournalWriter:
-    engine = create_journal_engine(parse_url(url), timeout)
+    engine = journal_engine(parse_url(url), timeout)
     return JournalWriter(JournalStore(engine), Spool(spool_dir), FAST)
 
 
@@ -91,7 +92,7 @@ def test_rows_are_stored_in_batches_exactly_as_given(clean_db: str, tmp_path: Pa
         writer.submit(row)
     assert wait_until(lambda: writer.stored == 120)
     writer.close()
-    engine = create_journal_engine(parse_url(clean_db))
+    engine = journal_engine(parse_url(clean_db))
     with engine.connect() as connection:
         stored = [
             JournalRow.model_validate(dict(r))
@@ -103,7 +104,7 @@ def test_rows_are_stored_in_batches_exactly_as_given(clean_db: str, tmp_path: Pa
 
 
 def test_the_same_rows_twice_are_stored_once(clean_db: str) -> None:
-    store = JournalStore(create_journal_engine(parse_url(clean_db)))
+    store = JournalStore(journal_engine(parse_url(clean_db)))
     store.insert([make_row(1), make_row(2)])
     store.insert([make_row(2), make_row(3)])
     assert ids_in_insert_order(clean_db) == ["w-000001", "w-000002", "w-000003"]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from kodify_proxy.journal.database import parse_url
+from kodify_proxy.database import parse_url
 from kodify_proxy.journal.migrate import current_revision, downgrade, head_revision, upgrade
 from kodify_proxy.journal.models import VERSION_TABLE, metadata
 from tests.journal_support import fresh_database
@@ -111,10 +111,10 @@ def test_upgrade_and_downgrade_from_an_empty_postgresql(empty_db: str) -> None:
     assert upgrade(url) == head_revision() == "0002"
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_journal", "kodify_alembic_version"}
     assert columns(empty_db) == HEAD_COLUMNS
-    assert (
-        dict(query(empty_db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kodify_journal'"))
-        == HEAD_INDEXES
-    )
+    assert {
+        row[0]: row[1]
+        for row in query(empty_db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kodify_journal'")
+    } == HEAD_INDEXES
     assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0002",)]
     assert upgrade(url) == "0002"  # a second upgrade is a no-op
 

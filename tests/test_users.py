@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
+from kodify_proxy.database import DatabaseUrlError, parse_url
 from kodify_proxy.users import (
     UserDatabaseError,
     UserError,
     UserStore,
-    database_url,
     hash_token,
     is_token_shaped,
     new_token,
@@ -131,12 +131,12 @@ def test_table_names_that_are_not_plain_identifiers_are_refused(raw: str) -> Non
         ("postgres://u:pw@db/kodify", "postgresql+psycopg"),
         ("postgresql+asyncpg://u:pw@db/kodify", "postgresql+psycopg"),
         ("postgresql+psycopg://u@db/kodify", "postgresql+psycopg"),
-        ("sqlite:///users.db", "sqlite+pysqlite"),
-        ("sqlite:////var/lib/kodify/users.db", "sqlite+pysqlite"),
+        ("sqlite:///users.db", "sqlite"),
+        ("sqlite:////var/lib/kodify/users.db", "sqlite"),
     ],
 )
 def test_db_urls_in_the_guides_form_map_to_our_drivers(raw: str, driver: str) -> None:
-    url = database_url(raw)
+    url = parse_url(raw, "DB_URL")
     assert url.drivername == driver
     assert url.database == make_url(raw).database
 
@@ -148,12 +148,12 @@ def test_db_urls_in_the_guides_form_map_to_our_drivers(raw: str, driver: str) ->
         ("postgresql://u:hunter2@db", "names no database"),
         ("sqlite://", "SQLite needs a file"),
         ("sqlite:///:memory:", "SQLite needs a file"),
-        ("hunter2 is not a url", "not a URL"),
+        ("hunter2 is not a url", "DB_URL: not a database URL"),
     ],
 )
 def test_bad_db_urls_are_explained_without_the_password(raw: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason) as caught:
-        database_url(raw)
+    with pytest.raises(DatabaseUrlError, match=reason) as caught:
+        parse_url(raw, "DB_URL")
     assert "hunter2" not in str(caught.value)
 
 
@@ -196,7 +196,9 @@ def test_the_table_is_created_once_with_exactly_these_columns(backend: Backend) 
     inspector = inspect(backend.store.engine)
     columns = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
     assert columns == {"id", "name", "token_sha256", "created_at", "token_issued_at", "expires_at", "revoked_at"}
-    unique = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(table.name, schema=table.schema)}
+    unique: set[tuple[str | None, ...]] = {
+        tuple(u["column_names"]) for u in inspector.get_unique_constraints(table.name, schema=table.schema)
+    }
     unique |= {tuple(i["column_names"]) for i in inspector.get_indexes(table.name, schema=table.schema) if i["unique"]}
     assert {("name",), ("token_sha256",)} <= unique
 

@@ -7,8 +7,9 @@ import threading
 
 from sqlalchemy import URL
 
+from kodify_proxy.database import DatabaseUrlError, render_url
 from kodify_proxy.exchange import Exchange
-from kodify_proxy.journal.database import JournalUrlError, create_journal_engine, journal_url, render_url, spool_dir
+from kodify_proxy.journal.database import journal_engine, journal_url, spool_dir
 from kodify_proxy.journal.migrate import MigrationError, upgrade
 from kodify_proxy.journal.record import BodyPolicy, build_row
 from kodify_proxy.journal.spool import Spool, SpoolLocked
@@ -54,7 +55,7 @@ class Journal:
 def build_journal(settings: Settings, url: URL) -> Journal:
     """The journal for `url` with the KODIFY_JOURNAL_* settings (writer not started)."""
     policy = BodyPolicy(keep=settings.journal_bodies, max_bytes=settings.journal_body_max_bytes)
-    store = JournalStore(create_journal_engine(url, settings.journal_db_timeout))
+    store = JournalStore(journal_engine(url, settings.journal_db_timeout))
     config = WriterConfig(
         batch_size=settings.journal_batch_size,
         flush_interval=settings.journal_flush_interval,
@@ -76,7 +77,7 @@ def open_journal(settings: Settings) -> Journal | None:
             revision = upgrade(url)
             log.info("Journal schema is at revision %s (%s)", revision, render_url(url))
         journal = build_journal(settings, url)
-    except (JournalUrlError, MigrationError, SpoolLocked) as exc:
+    except (DatabaseUrlError, MigrationError, SpoolLocked) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from kodify_proxy.errors import describe_validation
 from kodify_proxy.journal.record import JournalRow
 
 log = logging.getLogger("kodify_proxy.journal")
@@ -158,7 +159,7 @@ class Spool:
         try:
             return JournalRow.model_validate_json(line)
         except ValidationError as exc:
-            self._reject(line, f"not a journal row in {segment.name}: {exc.errors()[0]['msg']}")
+            self._reject(line, f"not a journal row in {segment.name}: {describe_validation(exc, first_only=True)}")
             return None
 
     def _reject(self, line: bytes, reason: str) -> None:
