@@ -78,8 +78,8 @@ def main() -> int:
     snippets = tuple(fim.Snippet(f"src/mod{i}.py", FUNCTION.format(n=i)) for i in range(5))
     request = fim.FimInput(prefix, suffix, "python", snippets)
     crlf_request = fim.FimInput(crlf_prefix, crlf_suffix, "python", snippets)
-    plain = {"model": "m", "prompt": prefix, "suffix": suffix}
-    foreign = {"model": "m", "prompt": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"}
+    plain: dict[str, object] = {"model": "m", "prompt": prefix, "suffix": suffix}
+    foreign: dict[str, object] = {"model": "m", "prompt": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"}
     print(f"file: {len(text.encode())} bytes, {len(text)} characters; config {args.config}")
     medians = [
         report("Tabby path: build_prompt (snippets)", measure(lambda: fim.build_prompt(request, config), args.rounds)),

@@ -171,7 +171,7 @@ async def tokens_for_abandoned(vllm: str, url: str, body: dict[str, Any]) -> tup
     return metric(vllm, "vllm:generation_tokens_total") - before, left
 
 
-async def measure_cancel(vllm: str, proxy: str, model: str, repeats: int = 5) -> dict[str, dict[str, float]]:
+async def measure_cancel(vllm: str, proxy: str, model: str, repeats: int = 5) -> dict[str, dict[str, Any]]:
     """Median tokens generated for a request abandoned after 0.15 s, per path, and when the client left."""
     long = {"model": model, "max_tokens": 480, "ignore_eos": True, "temperature": 0}
     completion = {**long, "prompt": "def f(x):\n"}

@@ -25,8 +25,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.bench_lane import start_vllm, stop_vllm
+from bench.bench_lane import stop_vllm
 from bench.bench_proxy import percentile
+from bench.bench_tabby import start_vllm
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 
 

@@ -158,7 +158,7 @@ async def completions(request: Request) -> Response:
     if error is not None:
         return error
     n = int(body.get("n") or 1)
-    base = {
+    base: dict[str, Any] = {
         "id": _id("cmpl", request),
         "created": int(time.time()),
         "model": body["model"],
@@ -186,7 +186,9 @@ async def completions(request: Request) -> Response:
     if not await _drip(request, body):
         return Response(status_code=499)
     text = "".join(pieces) if pieces is not None else " return 42"
-    choices = [{"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i in range(n)]
+    choices: list[dict[str, Any]] = [
+        {"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i in range(n)
+    ]
     if body.get("return_token_ids") and isinstance(body.get("prompt"), list):
         for choice in choices:
             choice.update(prompt_token_ids=body["prompt"], token_ids=[7, 8, 9])
@@ -209,8 +211,8 @@ async def embeddings(request: Request) -> Response:
     if error is not None:
         return error
     if "embed" not in str(body["model"]):  # vLLM: a generation model has no embeddings endpoint
-        error = {"message": "The model does not support Embeddings API", "type": "BadRequestError", "code": 400}
-        return JSONResponse({"error": {**error, "param": None}}, status_code=400)
+        refusal = {"message": "The model does not support Embeddings API", "type": "BadRequestError", "code": 400}
+        return JSONResponse({"error": {**refusal, "param": None}}, status_code=400)
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
     return JSONResponse(

@@ -251,7 +251,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory, upstream: Server, database
     try:
         for server in started:
             server.wait_ready(240)
-        yield Servers(*started, forwarder, pg_env, sqlite_env, store, metadata_file)
+        shared, via_forwarder, direct, sqlite = started
+        yield Servers(shared, via_forwarder, direct, sqlite, forwarder, pg_env, sqlite_env, store, metadata_file)
     finally:
         for server in started:
             server.stop()
@@ -423,7 +424,8 @@ def test_user_tokens_cannot_reach_admin_routes_but_the_master_key_can(servers: S
     token = add_user(servers.pg_store, "not-an-admin")
     master = (Path(server.env["KODIFY_STATE_DIR"]) / "master_key").read_text().strip()
     for method, path in ADMIN_ROUTES:
-        url, body = server.url + path, {} if method == "POST" else None
+        url = server.url + path
+        body: dict[str, Any] | None = {} if method == "POST" else None
         assert_error(httpx.request(method, url, json=body, headers=bearer(token)), 404, f"No route {path}")
         assert_error(httpx.request(method, url, json=body), 404, f"No route {path}")
         # The master key passes our auth to LiteLLM's; its answer is then LiteLLM's (500 "no DB" on DB-backed routes).

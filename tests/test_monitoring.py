@@ -51,10 +51,11 @@ def test_the_dashboard_file_is_what_the_script_makes() -> None:
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
-    rules = {"groups": [{"name": "dashboard", "rules": []}]}
-    for index, expr in enumerate(expressions()):
-        concrete = expr.replace("$__rate_interval", "1m")
-        rules["groups"][0]["rules"].append({"record": f"dashboard:query_{index}", "expr": concrete})
+    recorded = [
+        {"record": f"dashboard:query_{index}", "expr": expr.replace("$__rate_interval", "1m")}
+        for index, expr in enumerate(expressions())
+    ]
+    rules = {"groups": [{"name": "dashboard", "rules": recorded}]}
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)

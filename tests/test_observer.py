@@ -45,7 +45,7 @@ def make(timers: FakeTimers, seen: list[str], settle: float = 3.0) -> Observer:
 
 
 def test_a_request_we_served_is_recorded_when_it_ends() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen)
     exchange = observer.begin("/v1/completions", SCOPE)
     assert observer.find(exchange.request_id) is exchange
@@ -54,7 +54,7 @@ def test_a_request_we_served_is_recorded_when_it_ends() -> None:
 
 
 def test_a_litellm_request_whose_event_came_first_is_recorded_when_it_ends() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen)
     exchange = observer.begin("/v1/chat/completions", SCOPE)
     exchange.awaiting_litellm, exchange.status, exchange.saw_success = True, 200, True
@@ -65,7 +65,7 @@ def test_a_litellm_request_whose_event_came_first_is_recorded_when_it_ends() -> 
 
 
 def test_an_event_after_the_end_records_at_once_and_only_once() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen)
     exchange = observer.begin("/v1/chat/completions", SCOPE)
     exchange.awaiting_litellm, exchange.status = True, 200
@@ -80,7 +80,7 @@ def test_an_event_after_the_end_records_at_once_and_only_once() -> None:
 
 
 def test_a_request_without_its_event_is_recorded_after_the_settle_time() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen, settle=0.5)
     exchange = observer.begin("/v1/chat/completions", SCOPE)
     exchange.awaiting_litellm, exchange.status = True, 200
@@ -91,7 +91,7 @@ def test_a_request_without_its_event_is_recorded_after_the_settle_time() -> None
 
 
 def test_drain_records_everything_open_at_shutdown() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen)
     waiting, running = observer.begin("/a", SCOPE), observer.begin("/b", SCOPE)
     waiting.awaiting_litellm = True
@@ -102,7 +102,7 @@ def test_drain_records_everything_open_at_shutdown() -> None:
 
 
 def test_an_untracked_exchange_is_never_recorded() -> None:
-    timers, seen = FakeTimers(), []
+    timers, seen = FakeTimers(), list[str]()
     observer = make(timers, seen)
     exchange = observer.begin("/health", SCOPE, tracked=False)
     observer.end(exchange)

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ def send_all(proxy: Server, results: list[int | str]) -> list[threading.Thread]:
     """Half lane completions, half LiteLLM chats, each taking 2 s upstream."""
 
     def one(i: int) -> None:
+        body: dict[str, Any]
         if i % 2:
             path, body = "/v1/completions", {"model": "fake-model", "prompt": f"DRIP:2 lane {i}"}
         else:

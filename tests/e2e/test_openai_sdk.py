@@ -8,13 +8,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.e2e.conftest import SERVED_MODEL, ResponseCounter
 from tests.journal_support import journal_rows
 from tests.servers import Server, fake_upstream, free_port, kodify_proxy, upstreams_yaml
 
 pytestmark = pytest.mark.e2e
-MESSAGES = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a Python function that adds two numbers."}
+]
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def test_chat(client: openai.OpenAI) -> None:
         model=SERVED_MODEL,
         messages=MESSAGES,
         max_tokens=8,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     assert reply.choices[0].message.content
     assert reply.usage is not None and reply.usage.completion_tokens >= 1
@@ -51,7 +54,7 @@ def test_streamed_chat(client: openai.OpenAI) -> None:
         messages=MESSAGES,
         max_tokens=8,
         temperature=0,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert len(pieces) >= 2 and "".join(pieces)
@@ -73,14 +76,14 @@ def test_completions_with_vllm_sampling_parameters(client: openai.OpenAI) -> Non
 
 def test_n_above_max_n(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, n=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, n=5)
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == "n" and "MAX_N=4" in error["message"]
 
 
 def test_unknown_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert SERVED_MODEL in str(caught.value)
 
 
@@ -96,7 +99,7 @@ def test_vllm_own_validation_reaches_the_client_cleanly(client: openai.OpenAI) -
             model=SERVED_MODEL,
             messages=MESSAGES,
             n=2,
-            temperature=0,  # type: ignore[arg-type]
+            temperature=0,
         )
     assert isinstance(greedy.value.body, dict)
     assert greedy.value.body["message"] == "n must be 1 when using greedy sampling, got 2."
