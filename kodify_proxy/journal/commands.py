@@ -1,10 +1,12 @@
-"""The journal's subcommands: `kodify-proxy migrate` and `kodify-proxy usage [--since DATE] [--by user|model|day]`."""
+"""The journal's subcommands: `kodify-proxy migrate` and
+`kodify-proxy usage [--since DATE] [--by user|model|language|day] [--html FILE]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -26,13 +28,21 @@ def add_journal_parsers(sub: Any) -> None:
     migrate.set_defaults(func=cmd_migrate)
     usage = sub.add_parser("usage", help="requests, errors, tokens and p50/p95 latency from the journal")
     usage.add_argument("--since", type=parse_since, default=None, help="from this date/time on (UTC); default: all")
-    usage.add_argument("--by", choices=GROUPINGS, default="user", help="one line per user, model or day")
+    usage.add_argument("--by", choices=GROUPINGS, default="user", help="one line per user, model, language or day")
+    usage.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the report as one self-contained HTML page with charts to FILE instead of printing it",
+    )
     usage.set_defaults(func=cmd_usage)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade the journal database (KODIFY_JOURNAL_URL, LOGS_DB_* or the SQLite default) to --revision."""
-    from kodify_proxy.journal.database import journal_url, render_url
+    from kodify_proxy.database import render_url
+    from kodify_proxy.journal.database import journal_url
     from kodify_proxy.journal.migrate import MigrationError, upgrade
     from kodify_proxy.settings import load_settings
 
@@ -50,27 +60,51 @@ def cmd_usage(args: argparse.Namespace) -> int:
     """Print the usage report for the configured journal database."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from kodify_proxy.journal.database import create_journal_engine, journal_url, render_url
+    from kodify_proxy.database import reason, render_url
+    from kodify_proxy.journal.database import journal_engine, journal_url
     from kodify_proxy.journal.report import load_usage, render_usage
     from kodify_proxy.settings import load_settings
 
     try:
         settings = load_settings()
         url = journal_url(settings)
-        engine = create_journal_engine(url, settings.journal_db_timeout)
+        engine = journal_engine(url, settings.journal_db_timeout)
         try:
-            rows, total = load_usage(engine, args.by, args.since), load_usage(engine, None, args.since)
+            if args.html is not None:
+                from kodify_proxy.journal.html_report import load_report
+
+                report = load_report(engine, args.since)
+            else:
+                rows, total = load_usage(engine, args.by, args.since), load_usage(engine, None, args.since)
         finally:
             engine.dispose()
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(
-            f"error: journal database {render_url(url)}: {reason}. Is it running, and migrated (kodify-proxy migrate)?",
+            f"error: journal database {render_url(url)}: {reason(exc)}. "
+            "Is it running, and migrated (kodify-proxy migrate)?",
             file=sys.stderr,
         )
         return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(render_usage(rows, total, args.by))
+    if args.html is None:
+        sys.stdout.write(render_usage(rows, total, args.by))
+        return 0
+    return _write_page(args.html, report)
+
+
+def _write_page(path: Path, report: Any) -> int:
+    """The report's page written to `path` (through a temporary file: a failed write leaves no half page)."""
+    from kodify_proxy.journal.html_report import render_report_html
+
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(render_report_html(report), encoding="utf-8")
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        print(f"error: cannot write the usage report to {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"usage report written to {path}")
     return 0

@@ -44,7 +44,9 @@ class JournalStore:
         self._statement = _insert_statement(engine.dialect.name)
 
     def insert(self, rows: Sequence[JournalRow]) -> None:
-        """Insert rows in one transaction."""
+        """Insert rows in one transaction (none: nothing to do)."""
+        if not rows:
+            return
         with self.engine.begin() as connection:
             connection.execute(self._statement, [row.model_dump() for row in rows])
 

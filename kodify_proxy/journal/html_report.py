@@ -1,0 +1,331 @@
+"""The usage report as one self-contained HTML page (`kodify-proxy usage --html`): the journal's numbers loaded
+with SQL (`load_report`), drawn by a pure function as plotly charts with plotly.js inlined (`render_report_html`),
+so the page opens without a network."""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from string import Template
+from typing import Any
+
+from sqlalchemy import Engine, Select, case, func, select
+
+from kodify_proxy.journal.models import journal
+from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile
+
+TOP_USERS = 10
+NO_KEY = "-"  # load_usage's group of requests without a user (failed auth) or a model
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """Requests and errors on one UTC day."""
+
+    day: str
+    requests: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class RouteLatency:
+    """p50/p95 latency of one route, and p50/p95 time to first token of its streams (None: no streamed ttft)."""
+
+    route: str
+    p50_ms: float | None
+    p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class ModelTokens:
+    """Prompt and completion tokens of one model."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class LanguageAcceptance:
+    """Tabby completions shown (view events) and accepted (select events) in one language."""
+
+    language: str
+    shown: int
+    accepted: int
+
+    @property
+    def acceptance(self) -> float | None:
+        """Accepted per shown completion; None when nothing was shown."""
+        return self.accepted / self.shown if self.shown else None
+
+
+@dataclass(frozen=True)
+class UserRequests:
+    """How many requests one user made, and how many of them failed."""
+
+    user: str
+    requests: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the page shows, for the requests from `since` on (None: all)."""
+
+    since: datetime | None
+    total: UsageRow
+    days: tuple[DayCount, ...]
+    routes: tuple[RouteLatency, ...]
+    models: tuple[ModelTokens, ...]
+    languages: tuple[LanguageAcceptance, ...]
+    users: tuple[UserRequests, ...]  # the TOP_USERS busiest, busiest first
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+def _since(query: Select[Any], since: datetime | None) -> Select[Any]:
+    return query if since is None else query.where(journal.c.started_at >= since.astimezone(UTC))
+
+
+_TTFT = case((journal.c.stream.is_(True), journal.c.ttft_ms))  # time to first token counts for streams only
+
+
+def _routes_in_database(engine: Engine, since: datetime | None) -> list[RouteLatency]:
+    """PostgreSQL: percentile_cont per route (it skips the NULL ttft of requests that did not stream)."""
+    columns = [
+        func.percentile_cont(fraction).within_group(value)
+        for value in (journal.c.latency_ms, _TTFT)
+        for fraction in (0.5, 0.95)
+    ]
+    query = _since(select(journal.c.route, *columns), since).group_by(journal.c.route)
+    with engine.connect() as connection:
+        return [RouteLatency(row[0], *(_rounded(v) for v in row[1:])) for row in connection.execute(query)]
+
+
+def _routes_in_python(engine: Engine, since: datetime | None) -> list[RouteLatency]:
+    """SQLite has no percentile_cont: fetch latencies per route and interpolate as PostgreSQL does."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    ttfts: dict[str, list[float]] = defaultdict(list)
+    with engine.connect() as connection:
+        for route, latency, ttft in connection.execute(
+            _since(select(journal.c.route, journal.c.latency_ms, _TTFT), since)
+        ):
+            latencies[route].append(float(latency))
+            if ttft is not None:
+                ttfts[route].append(float(ttft))
+    values = {route: (sorted(latencies[route]), sorted(ttfts[route])) for route in latencies}
+    return [
+        RouteLatency(route, *(_rounded(percentile(v, f)) for v in (lat, ttft) for f in (0.5, 0.95)))
+        for route, (lat, ttft) in values.items()
+    ]
+
+
+def load_route_latency(engine: Engine, since: datetime | None = None) -> tuple[RouteLatency, ...]:
+    """p50/p95 latency and streamed time to first token per route, ordered by route."""
+    load = _routes_in_database if engine.dialect.name == "postgresql" else _routes_in_python
+    return tuple(sorted(load(engine, since), key=lambda r: r.route))
+
+
+def load_report(engine: Engine, since: datetime | None = None) -> ReportData:
+    """The page's data: per day, route, model (requests naming none left out), language and the busiest users."""
+    by_user = sorted(load_usage(engine, "user", since), key=lambda r: (-r.requests, r.key))[:TOP_USERS]
+    by_model = [r for r in load_usage(engine, "model", since) if r.key != NO_KEY]
+    acceptance = sorted(load_acceptance(engine, "language", since).items())
+    return ReportData(
+        since=since,
+        total=load_usage(engine, None, since)[0],
+        days=tuple(DayCount(r.key, r.requests, r.errors) for r in load_usage(engine, "day", since)),
+        routes=load_route_latency(engine, since),
+        models=tuple(
+            sorted((ModelTokens(r.key, r.prompt_tokens, r.completion_tokens) for r in by_model), key=lambda m: m.model)
+        ),
+        languages=tuple(LanguageAcceptance(language, *counts) for language, counts in acceptance),
+        users=tuple(UserRequests(r.key, r.requests, r.errors) for r in by_user),
+    )
+
+
+def _labels(values: Sequence[str]) -> list[str]:
+    # plotly reads chart text as its own HTML subset (<b>, <a href>, <span style>): escaped, a name shows as written.
+    return [html.escape(value, quote=False) for value in values]  # it decodes &lt; &gt; &amp;, not &quot;
+
+
+def _figure(traces: Sequence[Any], empty: bool, **layout: Any) -> Any:
+    """A plotly figure in the page's style; with no data, empty axes and a 'no data' note."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(data=list(traces))
+    figure.update_layout(
+        template="plotly_white", height=380, margin={"l": 70, "r": 20, "t": 20, "b": 70}, legend={"orientation": "h"}
+    )
+    figure.update_layout(**layout)
+    if empty:
+        figure.add_annotation(
+            text="no data", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 18}
+        )
+    return figure
+
+
+def _bars(name: str, x: Sequence[Any], y: Sequence[Any], **options: Any) -> Any:
+    import plotly.graph_objects as go
+
+    return go.Bar(name=name, x=list(x), y=list(y), **options)
+
+
+_CATEGORY = {"type": "category"}  # days, routes and names are labels, never numbers or dates to scale
+
+
+def _requests_figure(data: ReportData) -> Any:
+    days = [d.day for d in data.days]
+    traces = [
+        _bars("requests", days, [d.requests for d in data.days]),
+        _bars("errors", days, [d.errors for d in data.days]),
+    ]
+    return _figure(traces, not days, xaxis=_CATEGORY, yaxis_title="requests", barmode="group")
+
+
+def _latency_figure(data: ReportData) -> Any:
+    routes = _labels([r.route for r in data.routes])
+    series = {
+        "latency p50": [r.p50_ms for r in data.routes],
+        "latency p95": [r.p95_ms for r in data.routes],
+        "ttft p50": [r.ttft_p50_ms for r in data.routes],
+        "ttft p95": [r.ttft_p95_ms for r in data.routes],
+    }
+    traces = [_bars(name, routes, values) for name, values in series.items()]
+    return _figure(traces, not routes, xaxis=_CATEGORY, yaxis_title="ms", barmode="group")
+
+
+def _tokens_figure(data: ReportData) -> Any:
+    models = _labels([m.model for m in data.models])
+    traces = [
+        _bars("prompt", models, [m.prompt_tokens for m in data.models]),
+        _bars("completion", models, [m.completion_tokens for m in data.models]),
+    ]
+    return _figure(traces, not models, xaxis=_CATEGORY, yaxis_title="tokens", barmode="stack")
+
+
+def _acceptance_figure(data: ReportData) -> Any:
+    rates = [None if a.acceptance is None else round(a.acceptance * 100, 1) for a in data.languages]
+    counts = [f"{a.accepted}/{a.shown}" for a in data.languages]
+    bars = _bars(
+        "acceptance", _labels([a.language for a in data.languages]), rates, text=counts, textposition="outside"
+    )
+    axis = {"title": "accepted per shown", "ticksuffix": "%", "range": [0, 110]}
+    return _figure([bars], not data.languages, xaxis=_CATEGORY, yaxis=axis, showlegend=False)
+
+
+def _users_figure(data: ReportData) -> Any:
+    users = _labels([u.user for u in data.users])
+    traces = [
+        _bars("requests", [u.requests for u in data.users], users, orientation="h"),
+        _bars("errors", [u.errors for u in data.users], users, orientation="h"),
+    ]
+    axis = {"type": "category", "autorange": "reversed"}  # the busiest user on top
+    return _figure(traces, not users, yaxis=axis, xaxis_title="requests", barmode="group")
+
+
+def build_figures(data: ReportData) -> list[tuple[str, str, Any]]:
+    """(id, title, plotly figure) of each chart on the page, in order."""
+    return [
+        ("requests", "Requests and errors per day (UTC)", _requests_figure(data)),
+        ("latency", "Latency and time to first token (streams) per route", _latency_figure(data)),
+        ("tokens", "Tokens per model", _tokens_figure(data)),
+        ("acceptance", "Acceptance of Tabby completions per language (accepted / shown)", _acceptance_figure(data)),
+        ("users", f"Top {TOP_USERS} users by requests", _users_figure(data)),
+    ]
+
+
+# Collects the page's own script errors, failed loads and refused fetches into #page-errors, where a reader (and
+# a browser test reading the DOM) sees them.
+_ERROR_RECORDER = """(function () {
+  var errors = [];
+  function show() { var box = document.getElementById("page-errors"); if (box) box.textContent = errors.join("\\n"); }
+  function record(message) { errors.push(String(message)); show(); }
+  window.addEventListener("error", function (e) {
+    record(e.message || "could not load " + (e.target && (e.target.src || e.target.href)));
+  }, true);
+  window.addEventListener("unhandledrejection", function (e) { record("unhandled rejection: " + e.reason); });
+  document.addEventListener("securitypolicyviolation", function (e) {
+    record("refused " + e.blockedURI + " (" + e.violatedDirective + ")");
+  });
+  var consoleError = console.error;
+  console.error = function () {
+    record(Array.prototype.join.call(arguments, " "));
+    consoleError.apply(console, arguments);
+  };
+  document.addEventListener("DOMContentLoaded", show);
+})();"""
+
+# Everything is inline; the policy makes the browser refuse any fetch, so the page never reaches for a network.
+_PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; img-src data:; font-src data:">
+<title>kodify-proxy usage</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+/* Two fixed tracks: each chart is drawn while the page is parsed, at the width its section has then. */
+main { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 24px; }
+@media (max-width: 1100px) { main { grid-template-columns: minmax(0, 1fr); } }
+.chart { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; }
+.chart h2 { font-size: 16px; margin: 4px 0 8px; }
+.note { background: #fff6d5; padding: 8px 12px; border-radius: 6px; }
+#page-errors { color: #b00020; white-space: pre-wrap; }
+#page-errors:empty { display: none; }
+</style>
+<script>$recorder</script>
+</head>
+<body>
+<h1>kodify-proxy usage</h1>
+<p class="summary">$summary</p>
+$note
+<pre id="page-errors"></pre>
+<script>$plotlyjs</script>
+<main>
+$charts
+</main>
+</body>
+</html>
+""")
+
+
+def render_summary(data: ReportData) -> str:
+    """The line above the charts: the period and its totals."""
+    scope = "All requests" if data.since is None else f"Requests since {data.since.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    total = data.total
+    return (
+        f"{scope}: {total.requests} ({total.errors} with an error), {total.prompt_tokens} prompt and "
+        f"{total.completion_tokens} completion tokens; {total.shown} Tabby completions shown, "
+        f"{total.accepted} accepted."
+    )
+
+
+def render_report_html(data: ReportData) -> str:
+    """The whole page: a summary line, then one chart per figure of `build_figures`, plotly.js inlined."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    config = {"displaylogo": False, "responsive": True}
+    charts = [
+        f'<section class="chart" id="chart-{name}"><h2>{html.escape(title)}</h2>'
+        + str(pio.to_html(figure, include_plotlyjs=False, full_html=False, div_id=f"plot-{name}", config=config))
+        + "</section>"
+        for name, title, figure in build_figures(data)
+    ]
+    empty = '<p class="note">The journal holds no requests for this period: the charts are empty.</p>'
+    return _PAGE.substitute(
+        recorder=_ERROR_RECORDER,
+        summary=html.escape(render_summary(data)),
+        note=empty if data.total.requests == 0 else "",
+        plotlyjs=get_plotlyjs(),
+        charts="\n".join(charts),
+    )
