@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         "NVIDIA_VISIBLE_DEVICES", "all, or GPU indices or UUIDs separated by commas, e.g. 0,1"
     )
     vllm_worker_multiproc_method: MultiprocMethod = _env("VLLM_WORKER_MULTIPROC_METHOD", "spawn or fork")
+    vllm_tool_call_parser: OptStr = _env(
+        "VLLM_TOOL_CALL_PARSER",
+        "a vLLM tool call parser name (letters, digits, _ and -), e.g. hermes for Qwen2.5; empty for no tool calling",
+        "hermes",
+        pattern=r"^[A-Za-z0-9_-]+$",
+    )
 
     def resolved_state_dir(self) -> Path:
         """Where generated files (master key, rendered LiteLLM config) live."""
@@ -329,7 +335,8 @@ def _no_user_auth_problems(settings: Settings) -> list[str]:
 
 
 def _users_db_problems(settings: Settings) -> list[str]:
-    from kodify_proxy.users import database_url, parse_table_name
+    from kodify_proxy.database import DatabaseUrlError, parse_url
+    from kodify_proxy.users import parse_table_name
 
     problems = []
     schema, driver = None, ""
@@ -339,8 +346,8 @@ def _users_db_problems(settings: Settings) -> list[str]:
         problems.append(f"USERS_TABLE={settings.users_table!r} is invalid: {exc}")
     if settings.db_url is not None:
         try:
-            driver = database_url(settings.db_url.get_secret_value()).drivername
-        except ValueError as exc:
+            driver = parse_url(settings.db_url.get_secret_value(), "DB_URL").drivername
+        except DatabaseUrlError as exc:
             problems.append(f"DB_URL=<hidden> is invalid: {exc}")
     if driver.startswith("sqlite") and schema not in (None, "main"):
         problems.append(

@@ -12,7 +12,8 @@
 # Stop it with scripts/vllm-stop.sh --workdir WORKDIR.
 #
 # Environment: KODIFY_CACHE (default $HOME/.cache/kodify-proxy), VLLM_STARTUP_TIMEOUT (180 s),
-# VLLM_CPU_KVCACHE_SPACE (GiB of KV cache, default 1).
+# VLLM_CPU_KVCACHE_SPACE (GiB of KV cache, default 1), VLLM_TOOL_CALL_PARSER (default hermes: vLLM gets
+# --enable-auto-tool-choice --tool-call-parser hermes, which clients sending `tools` need; set it empty for neither).
 set -euo pipefail
 
 SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,6 +50,15 @@ while (($#)); do
         *) log "unknown argument: $1"; usage ;;
     esac
 done
+
+# Continue sends `tools` with every chat; without these flags vLLM answers it 400. hermes fits Qwen2.5 and the
+# tiny model's ChatML template.
+TOOL_PARSER="${VLLM_TOOL_CALL_PARSER-hermes}"
+TOOL_ARGS=()
+if [[ -n "$TOOL_PARSER" ]]; then
+    [[ "$TOOL_PARSER" =~ ^[A-Za-z0-9_-]+$ ]] || die "VLLM_TOOL_CALL_PARSER=$TOOL_PARSER is not a parser name such as hermes"
+    TOOL_ARGS=(--enable-auto-tool-choice --tool-call-parser "$TOOL_PARSER")
+fi
 
 mkdir -p "$WORKDIR"
 WORKDIR="$(cd "$WORKDIR" && pwd)"
@@ -96,7 +106,7 @@ setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$PIDFILE" \
     "$VENV/bin/vllm" serve "$MODEL" \
     --served-model-name "$SERVED_NAME" --host "$HOST" --port "$PORT" \
     --dtype bfloat16 --max-model-len 512 --enforce-eager \
-    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} \
+    ${TOOL_ARGS[@]+"${TOOL_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} \
     </dev/null >"$LOGFILE" 2>&1 &
 LAUNCHER=$!
 

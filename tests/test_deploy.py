@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tomllib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from kodify_proxy.settings import SECRET_VARIABLES, Settings, load_settings, vllm_extra_args
+from kodify_proxy.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings, vllm_extra_args
 from kodify_proxy.upstreams import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +36,8 @@ GUIDE_MIGRATE = f"alembic -c {GUIDE_ALEMBIC_INI} upgrade head"
 MODEL = "/models/Qwen2.5-Coder-7B-Instruct"
 PREFIX = ["serve", MODEL, "--host", "0.0.0.0", "--port", "8000", "--served-model-name", "Qwen2.5-Coder-7B-Instruct"]
 VLLM_ENV_ONLY = ("VLLM_USE_V1", "PYTORCH_CUDA_ALLOC_CONF", "VLLM_WORKER_MULTIPROC_METHOD")
+# Tool calling, which Continue needs (it sends `tools` with every chat): .env.example and the ConfigMap say hermes.
+TOOLS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 
 # The guide's variables and the compose service that must receive each (NVIDIA_VISIBLE_DEVICES: its GPU reservation).
 PROXY_AUTH = ("MTSAI_AUTH", "AUTH_TYPE", "VLLM_API_KEY", "USERS_TABLE", "DB_URL")
@@ -59,14 +61,16 @@ def compose_binary() -> Path:
     return Path(spec.origin).parent / "docker-compose"
 
 
-def compose_config(tmp: Path, overrides: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`docker compose config --format json` for compose.yaml with .env = .env.example, `overrides` replacing lines."""
+def compose_config(tmp: Path, overrides: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker compose config --format json` for compose.yaml with .env = .env.example, `overrides` replacing lines
+    (None: the line removed)."""
     overrides = overrides or {}
     project = tmp / "project"
     project.mkdir(exist_ok=True)
     shutil.copy(REPO / "compose.yaml", project / "compose.yaml")
     lines = [line for line in (REPO / ".env.example").read_text().splitlines() if line.split("=")[0] not in overrides]
-    (project / ".env").write_text("\n".join([*lines, *(f"{k}={v}" for k, v in overrides.items())]) + "\n")
+    added = [f"{k}={v}" for k, v in overrides.items() if v is not None]
+    (project / ".env").write_text("\n".join([*lines, *added]) + "\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp)}
     return subprocess.run(
         [str(compose_binary()), "config", "--format", "json"],
@@ -78,7 +82,7 @@ def compose_config(tmp: Path, overrides: dict[str, str] | None = None) -> subpro
     )
 
 
-def compose_model(tmp: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+def compose_model(tmp: Path, overrides: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """The resolved compose model (services with interpolated values and env_file merged into environment)."""
     result = compose_config(tmp, overrides)
     assert result.returncode == 0, result.stderr
@@ -106,7 +110,7 @@ def fake_executable(bin_dir: Path, name: str, exit_code: int = 0) -> Path:
 
 
 def run_script(
-    script: str, env: dict[str, str], tmp: Path, program: str
+    script: str, env: Mapping[str, str | None], tmp: Path, program: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
     """Run a container script with bash, `program` faked on PATH; what the fake recorded (None if not called)."""
     record = fake_executable(tmp / "bin", program)
@@ -178,41 +182,70 @@ def private_database(database_url: str) -> Iterator[str]:
 
 # --- compose.yaml: the vllm service ----------------------------------------------------------------------------
 
-FLAG_CASES = {
-    "env file defaults": ({}, ["--gpu-memory-utilization", "0.9"]),
+FLAG_CASES: dict[str, tuple[dict[str, str | None], list[str]]] = {
+    "env file defaults": ({}, ["--gpu-memory-utilization", "0.9", *TOOLS]),
     "every flag": (
-        {"GPUUTIL": "0.75", "DTYPE": "bfloat16", "EAGER": "1", "ADDITIONAL_ARGS": "--tensor-parallel-size = 2"},
-        ["--gpu-memory-utilization", "0.75", "--dtype", "bfloat16", "--enforce-eager", "--tensor-parallel-size=2"],
+        {
+            "GPUUTIL": "0.75",
+            "DTYPE": "bfloat16",
+            "EAGER": "1",
+            "VLLM_TOOL_CALL_PARSER": "llama3_json",
+            "ADDITIONAL_ARGS": "--tensor-parallel-size = 2",
+        },
+        [
+            *("--gpu-memory-utilization", "0.75", "--dtype", "bfloat16", "--enforce-eager"),
+            *("--enable-auto-tool-choice", "--tool-call-parser", "llama3_json", "--tensor-parallel-size=2"),
+        ],
     ),
     "empty means no flag": (
-        {"GPUUTIL": "", "DTYPE": "", "EAGER": "", "ADDITIONAL_ARGS": "--pipeline-parallel-size 2 --max-model-len 8192"},
+        {
+            "GPUUTIL": "",
+            "DTYPE": "",
+            "EAGER": "",
+            "VLLM_TOOL_CALL_PARSER": "",
+            "ADDITIONAL_ARGS": "--pipeline-parallel-size 2 --max-model-len 8192",
+        },
         ["--pipeline-parallel-size", "2", "--max-model-len", "8192"],
     ),
     "EAGER=0 is off, true is on": (
         {"EAGER": "0", "DTYPE": "half"},
-        ["--gpu-memory-utilization", "0.9", "--dtype", "half"],
+        ["--gpu-memory-utilization", "0.9", "--dtype", "half", *TOOLS],
     ),
-    "EAGER=true": ({"EAGER": "true"}, ["--gpu-memory-utilization", "0.9", "--enforce-eager"]),
+    "EAGER=true": ({"EAGER": "true"}, ["--gpu-memory-utilization", "0.9", "--enforce-eager", *TOOLS]),
+    # An ENV file or ConfigMap from before the variable existed still gets tool calling.
+    "no VLLM_TOOL_CALL_PARSER line: hermes": (
+        {"VLLM_TOOL_CALL_PARSER": None},
+        ["--gpu-memory-utilization", "0.9", *TOOLS],
+    ),
 }
 
 
-def vllm_runs(tmp: Path, overrides: dict[str, str]) -> Iterator[tuple[str, str, dict[str, str]]]:
+def vllm_runs(tmp: Path, overrides: Mapping[str, str | None]) -> Iterator[tuple[str, str, dict[str, str | None]]]:
     """(where, script, container environment) of the vLLM container in compose and in Kubernetes."""
     service = compose_model(tmp, overrides)["services"]["vllm"]
     yield "compose", container_script(service["entrypoint"]), dict(service["environment"])
     docs = k8s_documents()
     container = pod_spec(docs, "StatefulSet", "vllm")["containers"][0]
-    env = {**configmap_data(docs, "vllm-env"), **{e["name"]: e["value"] for e in container["env"]}, **overrides}
+    env: dict[str, str | None] = {
+        **configmap_data(docs, "vllm-env"),
+        **{e["name"]: e["value"] for e in container["env"]},
+    }
+    env.update(overrides)
     yield "kubernetes", "\n".join(container["command"][2:]), env
 
 
 @pytest.mark.parametrize("overrides, tail", list(FLAG_CASES.values()), ids=list(FLAG_CASES))
-def test_env_variables_become_vllm_flags(tmp_path: Path, overrides: dict[str, str], tail: list[str]) -> None:
+def test_env_variables_become_vllm_flags(tmp_path: Path, overrides: dict[str, str | None], tail: list[str]) -> None:
     for where, script, env in vllm_runs(tmp_path, overrides):
         result, call = run_script(script, env, tmp_path, "vllm")
         assert result.returncode == 0, (where, result.stderr)
         assert call is not None and call["argv"] == PREFIX + tail, where
-    extra = vllm_extra_args(overrides.get("ADDITIONAL_ARGS", ""))
+    # kodify-proxy's settings read VLLM_TOOL_CALL_PARSER as the entrypoint does (`check` validates the ENV file).
+    parser = overrides.get("VLLM_TOOL_CALL_PARSER", "hermes")
+    settings = load_settings({} if parser is None else {"VLLM_TOOL_CALL_PARSER": parser})
+    flag = tail.index("--tool-call-parser") if "--tool-call-parser" in tail else None
+    assert settings.vllm_tool_call_parser == (None if flag is None else tail[flag + 1])
+    extra = vllm_extra_args(overrides.get("ADDITIONAL_ARGS") or "")
     if extra:  # the settings validator splits ADDITIONAL_ARGS exactly as the entrypoint does
         assert tail[-len(extra) :] == extra
 
@@ -234,13 +267,21 @@ def test_vllm_gets_its_engine_variables_and_unsets_empty_ones(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    "overrides, message", [({"EAGER": "maybe"}, "EAGER=maybe is invalid"), ({"MODEL": ""}, "MODEL is not set")]
+    "overrides, message",
+    [
+        ({"EAGER": "maybe"}, "EAGER=maybe is invalid"),
+        ({"MODEL": ""}, "MODEL is not set"),
+        ({"VLLM_TOOL_CALL_PARSER": "hermes,mistral"}, "VLLM_TOOL_CALL_PARSER=hermes,mistral is invalid"),
+    ],
 )
-def test_vllm_entrypoint_refuses_bad_values(tmp_path: Path, overrides: dict[str, str], message: str) -> None:
+def test_vllm_entrypoint_refuses_bad_values(tmp_path: Path, overrides: dict[str, str | None], message: str) -> None:
     for where, script, env in vllm_runs(tmp_path, overrides):
         result, call = run_script(script, env, tmp_path, "vllm")
         assert (result.returncode, call) == (2, None), where
         assert message in result.stderr, where
+    if "VLLM_TOOL_CALL_PARSER" in overrides:  # `check` and startup refuse it as well
+        with pytest.raises(SettingsError, match="VLLM_TOOL_CALL_PARSER"):
+            load_settings({k: v for k, v in overrides.items() if v is not None})
 
 
 def test_compose_and_kubernetes_run_the_same_vllm_script(model: dict[str, Any]) -> None:

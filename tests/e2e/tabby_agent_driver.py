@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from tests.servers import REPO
+from tests.test_clients_doc import client_config
 
 AGENT_VERSION = "1.5.0"
 
@@ -35,13 +36,13 @@ def install_agent() -> Path:
 
 
 def write_agent_config(home: Path, endpoint: str, token: str | None) -> None:
-    """The agent's config file under `home`: server endpoint and token, no anonymous usage tracking."""
+    """The agent's config file under `home`: docs/clients.md's config.toml for `endpoint` and `token` (the token
+    line left out without one), plus debug logs."""
     config = home / ".tabby-client" / "agent" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["[server]", f"endpoint = {json.dumps(endpoint)}"]
-    if token:
-        lines.append(f"token = {json.dumps(token)}")
-    lines += ["", "[anonymousUsageTracking]", "disable = true", "", "[logs]", 'level = "debug"', ""]
+    text = client_config("tabby-agent config.toml", {"<kodify-proxy>": endpoint, "<token>": token or ""})
+    lines = [line for line in text.splitlines() if token or not line.startswith("token =")]
+    lines += ["", "[logs]", 'level = "debug"', ""]
     config.write_text("\n".join(lines))
 
 
