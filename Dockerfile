@@ -21,8 +21,13 @@ RUN pip install /opt/kodify-proxy \
     && ln -s /opt/kodify-proxy /vllm-workspace/middleware/gpt_logger \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/kodify-proxy --create-home kodify
 
-# LiteLLM would fetch its model cost map and check for new releases on the internet; the service runs offline.
+# LiteLLM would fetch its model cost map (and UI blog posts, policy templates, autorouter presets, Anthropic beta
+# headers) and check for new releases on the internet; the service runs offline (kodify_proxy/__init__.py sets them too).
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True \
+    LITELLM_LOCAL_BLOG_POSTS=True \
+    LITELLM_LOCAL_POLICY_TEMPLATES=True \
+    LITELLM_LOCAL_AUTOROUTER_PRESETS=True \
+    LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS=True \
     LITELLM_DISABLE_LATEST_RELEASE_CHECK=true \
     KODIFY_CONFIG=/vllm-workspace/config.yml \
     KODIFY_STATE_DIR=/var/lib/kodify-proxy \

@@ -148,6 +148,14 @@ class UpstreamUnavailable(KodifyError):
     error_type = "service_unavailable"
 
 
+class UiUnavailable(KodifyError):
+    """LiteLLM's admin UI cannot sign anyone in: it has no database of its own (DATABASE_URL)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    error_code = "ui_needs_database"
+
+
 class UpstreamTimeout(KodifyError):
     """The upstream did not answer within the request timeout, or a stream went silent (504)."""
 
@@ -177,6 +185,7 @@ ERROR_CLASSES: tuple[type[KodifyError], ...] = (
     InternalError,
     UpstreamFailed,
     UpstreamUnavailable,
+    UiUnavailable,
     UpstreamTimeout,
 )
 

@@ -22,6 +22,7 @@ from kodify_proxy.errors import (
     KodifyError,
     MethodNotAllowed,
     RouteNotFound,
+    UiUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -56,12 +57,20 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+UI_NEEDS_DATABASE = (
+    "LiteLLM's admin UI cannot sign you in: it keeps its sessions and keys in a PostgreSQL database of its own, and "
+    "DATABASE_URL is not set. Set DATABASE_URL to a separate database (e.g. postgresql://user:pass@db:5432/litellm) "
+    "in an image built with Prisma generated (docs/deployment.md, 'The LiteLLM admin UI'); the API needs neither"
+)
+
+
 class Gateway:
     """kodify-proxy's ASGI app, in front of LiteLLM's."""
 
     def __init__(self, litellm: ASGIApp, runtime: Runtime) -> None:
         self.litellm = litellm
         self.rt = runtime
+        self._ui_database = runtime.settings.litellm_database_url is not None
         runtime.litellm = litellm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,6 +97,8 @@ class Gateway:
         found = surface.match(scope["method"], scope["path"])
         if found.route is not None:
             await self._route(found.route, scope, receive, send)
+        elif found.ui and scope["method"] == "POST" and scope["path"] in surface.UI_LOGINS and not self._ui_database:
+            await send_error(send, UiUnavailable(UI_NEEDS_DATABASE))
         elif found.ui:
             await self.litellm(scope, receive, send)  # LiteLLM's admin UI pages and login check credentials itself
         elif self._administrator(scope):

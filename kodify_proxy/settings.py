@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     # Ours
     config_path: OptStr = _env("KODIFY_CONFIG", "a path to config.yml")
     master_key: OptSecret = _env("LITELLM_MASTER_KEY", "a key starting with sk-", pattern=None)
+    # LiteLLM's own database (its admin UI logins, keys, spend): read by LiteLLM; we only say when it is missing.
+    litellm_database_url: OptSecret = _env("DATABASE_URL", "LiteLLM's PostgreSQL URL, e.g. postgresql://u:p@db/litellm")
     state_dir: OptStr = _env("KODIFY_STATE_DIR", "a writable directory")
     request_timeout: float = _env("KODIFY_REQUEST_TIMEOUT", "seconds > 0 an upstream may take", 600.0, gt=0)
     connect_timeout: float = _env("KODIFY_CONNECT_TIMEOUT", "seconds > 0 to connect to an upstream", 5.0, gt=0)
@@ -258,7 +260,9 @@ class Settings(BaseSettings):
         return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "kodify-proxy"
 
 
-SECRET_VARIABLES = frozenset({"VLLM_API_KEY", "DB_URL", "LOGS_DB_PASSWORD", "LITELLM_MASTER_KEY", "KODIFY_JOURNAL_URL"})
+SECRET_VARIABLES = frozenset(
+    {"VLLM_API_KEY", "DB_URL", "LOGS_DB_PASSWORD", "LITELLM_MASTER_KEY", "KODIFY_JOURNAL_URL", "DATABASE_URL"}
+)
 
 
 class SettingsError(Exception):

@@ -80,6 +80,8 @@ UI_PATHS: Final = frozenset(
     }
 )
 UI_PREFIXES: Final = ("/ui/", "/_next/", "/litellm-asset-prefix/", "/sso/")
+# The UI's sign-in posts here; LiteLLM then needs its own database (DATABASE_URL) to issue the session's key.
+UI_LOGINS: Final = frozenset({"/login", "/v2/login"})
 
 
 @dataclass(frozen=True)

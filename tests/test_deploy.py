@@ -25,6 +25,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
+from kodify_proxy import OFFLINE_SWITCHES
 from kodify_proxy.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings, vllm_extra_args
 from kodify_proxy.upstreams import parse_config
 
@@ -385,7 +386,7 @@ def test_dockerfile_contract() -> None:
     assert ("WORKDIR", "/opt/kodify-proxy") in steps
     env = " ".join(args for op, args in steps if op == "ENV")
     for setting in (
-        "LITELLM_LOCAL_MODEL_COST_MAP=True",
+        *(f"{switch}=True" for switch in OFFLINE_SWITCHES),  # the same offline switches as kodify_proxy's import
         "LITELLM_DISABLE_LATEST_RELEASE_CHECK=true",
         "KODIFY_CONFIG=/vllm-workspace/config.yml",
         "KODIFY_STATE_DIR=/var/lib/kodify-proxy",

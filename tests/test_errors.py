@@ -22,6 +22,7 @@ TABLE = {
     errors.InternalError: (500, "internal_server_error", "500"),
     errors.UpstreamFailed: (502, "upstream_error", "502"),
     errors.UpstreamUnavailable: (503, "service_unavailable", "503"),
+    errors.UiUnavailable: (503, "service_unavailable", "ui_needs_database"),
     errors.UpstreamTimeout: (504, "timeout_error", "504"),
 }
 

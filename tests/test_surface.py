@@ -172,6 +172,17 @@ def test_numbers_nobody_can_serve_are_400_naming_the_field(
     assert assert_ours(response, 400)["param"] == param
 
 
+@pytest.mark.parametrize("path", sorted(surface.UI_LOGINS))
+def test_the_ui_login_without_litellms_database_says_what_it_needs(guarded: Server, path: str) -> None:
+    master = guarded.master_key()
+    form = {"username": "admin", "password": master}
+    error = assert_ours(httpx.post(guarded.url + path, data=form), 503, "ui_needs_database")
+    assert "DATABASE_URL is not set" in error["message"] and "docs/deployment.md" in error["message"]
+    assert master not in error["message"]
+    page = httpx.get(guarded.url + "/ui/", follow_redirects=True)  # the UI's pages are still LiteLLM's
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
 def test_no_traceback_in_the_log_for_client_errors(guarded: Server) -> None:
     before = guarded.log_text()
     for body in (b"[]", b"null", b"{", b'{"model": 5}', b"[" * 2000):
