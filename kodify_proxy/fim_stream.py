@@ -1,4 +1,4 @@
-"""Streamed FIM completions: the SSE events of a /v1/completions stream, each choice cut by its `fim.StreamCut`.
+"""Streamed FIM completions: the SSE events of a /v1/completions stream, each choice cut by its `fim_post.StreamCut`.
 
 Pure. The lane runs it on vLLM's stream, the LiteLLM path on LiteLLM's, for requests rebuilt as FIM only, so other
 streams pass untouched.
@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from kodify_proxy.fim import StreamCut
+from kodify_proxy.fim_post import StreamCut
 
 EVENT_END = b"\n\n"
 DATA = b"data: "

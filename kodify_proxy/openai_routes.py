@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from kodify_proxy import fim
+from kodify_proxy import fim, fim_post
 from kodify_proxy.call import Call
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.fim_stream import SseCutter
@@ -67,13 +67,13 @@ def _postprocessor(rt: Runtime, rewrite: fim.FimRewrite | None) -> Any:
     if rewrite is None or rt.preprocessing is None:
         return None
     config, post = rt.preprocessing, rewrite.built.post
-    return lambda text: fim.postprocess(text, post, config) or ""
+    return lambda text: fim_post.postprocess(text, post, config) or ""
 
 
 def _cutter(rt: Runtime, rewrite: fim.FimRewrite | None) -> SseCutter | None:
     if rewrite is None or rt.preprocessing is None:
         return None
-    return SseCutter(partial(fim.build_stream_cut, rewrite.built.post, rt.preprocessing))
+    return SseCutter(partial(fim_post.build_stream_cut, rewrite.built.post, rt.preprocessing))
 
 
 async def _direct(rt: Runtime, call: Call, request: CompletionRequest, rewrite: fim.FimRewrite | None) -> None:

@@ -26,7 +26,8 @@ import yaml
 from dotenv import dotenv_values
 
 from kodify_proxy import OFFLINE_SWITCHES
-from kodify_proxy.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings, vllm_extra_args
+from kodify_proxy.env_types import vllm_extra_args
+from kodify_proxy.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import parse_config
 
 REPO = Path(__file__).resolve().parent.parent

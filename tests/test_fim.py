@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kodify_proxy import fim
+from kodify_proxy import fim, fim_post
 from kodify_proxy.errors import InvalidRequest
 from kodify_proxy.preprocess import (
     Budget,
@@ -383,21 +383,21 @@ POST = [
 @pytest.mark.parametrize(("name", "text", "cursor_line", "line_rest", "expected"), POST, ids=[p[0] for p in POST])
 def test_postprocess(name: str, text: str, cursor_line: str, line_rest: str, expected: str | None) -> None:
     post = fim.PostContext(crlf=False, cursor_line=cursor_line, line_rest=line_rest)
-    assert fim.postprocess(text, post, load_shipped("qwen")) == expected
+    assert fim_post.postprocess(text, post, load_shipped("qwen")) == expected
 
 
 def test_postprocess_applies_stops_beyond_the_upstream_limit() -> None:
     built = fim.build_prompt(fim.FimInput("x = 1\n", ""), load_shipped("qwen"), extra_stop=["A", "B", "C", "D", "E"])
     assert built.stop == ("A", "B", "C", "D") and built.post.stop[:2] == ("E", "\n\n")
-    assert fim.postprocess("y = 2\nzEnd", built.post, load_shipped("qwen")) == "y = 2\nz"
-    assert fim.postprocess("y = 2\n\nw = 3", built.post, load_shipped("qwen")) == "y = 2"
+    assert fim_post.postprocess("y = 2\nzEnd", built.post, load_shipped("qwen")) == "y = 2\nz"
+    assert fim_post.postprocess("y = 2\n\nw = 3", built.post, load_shipped("qwen")) == "y = 2"
 
 
 def test_postprocess_crlf_round_trip() -> None:
     built = fim.build_prompt(fim.FimInput("if x:\r\n    ", "\r\n"), load_shipped("qwen"))
     assert "\r" not in built.prompt
-    assert fim.postprocess("a()\n    b()", built.post, load_shipped("qwen")) == "a()\r\n    b()"
-    assert fim.postprocess("a()\r\n    b()", built.post, load_shipped("qwen")) == "a()\r\n    b()"
+    assert fim_post.postprocess("a()\n    b()", built.post, load_shipped("qwen")) == "a()\r\n    b()"
+    assert fim_post.postprocess("a()\r\n    b()", built.post, load_shipped("qwen")) == "a()\r\n    b()"
 
 
 def test_postprocess_rules_can_be_switched_off() -> None:
@@ -410,8 +410,8 @@ def test_postprocess_rules_can_be_switched_off() -> None:
         }
     )
     post = fim.PostContext(crlf=False, cursor_line="    ", line_rest="")
-    assert fim.postprocess("x<|endoftext|>\ny", post, off) == "x<|endoftext|>\ny"
-    assert fim.postprocess("  ", post, off) == "  "
+    assert fim_post.postprocess("x<|endoftext|>\ny", post, off) == "x<|endoftext|>\ny"
+    assert fim_post.postprocess("  ", post, off) == "  "
 
 
 # --- streamed completions: the incremental cut ---------------------------------------------------------------------
@@ -467,7 +467,7 @@ def test_stream_cut(
     outputs: list[str],
     stopped: bool,
 ) -> None:
-    cut = fim.StreamCut(needles, leading=leading, crlf=crlf)
+    cut = fim_post.StreamCut(needles, leading=leading, crlf=crlf)
     got = [cut.feed(chunk, final=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
     assert got == outputs and cut.stopped is stopped
 
@@ -477,14 +477,14 @@ def test_stream_cut_agrees_with_postprocess() -> None:
     post = fim.PostContext(crlf=True, cursor_line="    ", line_rest="", stop=("<STOP5>", "\n\n"))
     text = "<|fim_middle|>a()\r\n    b()<STOP5>c\n\n<|endoftext|>"
     for size in (1, 2, 3, 7):
-        cut = fim.build_stream_cut(post, config)
+        cut = fim_post.build_stream_cut(post, config)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
         streamed = "".join(cut.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces))
-        assert streamed == fim.postprocess(text, post, config) == "a()\r\n    b()"
+        assert streamed == fim_post.postprocess(text, post, config) == "a()\r\n    b()"
 
 
 def test_stream_cuts_of_interleaved_choices() -> None:
-    cuts = {0: fim.StreamCut(STOPS), 1: fim.StreamCut(STOPS)}
+    cuts = {0: fim_post.StreamCut(STOPS), 1: fim_post.StreamCut(STOPS)}
     chunks = [(0, "one<ST"), (1, "two"), (0, "OP5>x"), (1, "<STO"), (1, "P"), (0, "y"), (1, "!")]
     out = {0: "", 1: ""}
     for index, text in chunks:
@@ -507,7 +507,7 @@ def test_build_stream_cut_follows_the_config(line_rest: str, strip: bool, text: 
     config = config.model_copy(
         update={"postprocess": config.postprocess.model_copy(update={"strip_special_tokens": strip})}
     )
-    cut = fim.build_stream_cut(fim.PostContext(False, "x = ", line_rest, stop=("<STOP5>",)), config)
+    cut = fim_post.build_stream_cut(fim.PostContext(False, "x = ", line_rest, stop=("<STOP5>",)), config)
     assert cut.feed(text, final=True) == expected
 
 

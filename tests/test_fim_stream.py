@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from kodify_proxy.fim import StreamCut
+from kodify_proxy.fim_post import StreamCut
 from kodify_proxy.fim_stream import SseCutter
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any, Final
 
-from kodify_proxy import fim
+from kodify_proxy import fim, fim_post
 from kodify_proxy.errors import KodifyError, UpstreamUnavailable
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
@@ -91,7 +91,7 @@ def build_response(answer: dict[str, Any], post: fim.PostContext, config: Prepro
     """The Tabby answer from an OpenAI text completion, each choice post-processed; empty ones are dropped."""
     choices = []
     for position, choice in enumerate(answer.get("choices") or ()):
-        text = fim.postprocess(str(choice.get("text") or ""), post, config)
+        text = fim_post.postprocess(str(choice.get("text") or ""), post, config)
         if text is not None:
             choices.append(Choice(index=int(choice.get("index", position)), text=text))
     return CompletionResponse(id=str(answer.get("id") or f"cmpl-{time.time_ns()}"), choices=choices)

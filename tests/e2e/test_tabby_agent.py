@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from kodify_proxy import fim
+from kodify_proxy import fim, fim_post
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped, parse_config
 from tests.e2e.conftest import SERVED_MODEL, ResponseCounter
 from tests.e2e.tabby_agent_driver import (
@@ -80,7 +80,7 @@ def direct_text(vllm: str, request: fim.FimInput, config: PreprocessingConfig, m
     }
     answer = httpx.post(vllm + "/v1/completions", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
-    return fim.postprocess(answer.json()["choices"][0]["text"], built.post, config) or ""
+    return fim_post.postprocess(answer.json()["choices"][0]["text"], built.post, config) or ""
 
 
 def _tabby_answers(relay: RecordingRelay) -> list[dict[str, Any]]:

@@ -1,0 +1,110 @@
+"""The value types of environment variables: booleans as the guide writes them, empty meaning unset, and the
+values the vLLM container's entrypoint turns into flags (ADDITIONAL_ARGS, NVIDIA_VISIBLE_DEVICES, …)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, SecretStr
+
+_TRUE = {"true", "1", "yes", "on", "y"}
+_FALSE = {"false", "0", "no", "off", "n", ""}
+
+
+def _parse_bool(value: Any) -> Any:
+    """Booleans the way the guide's ENV files write them: true/True/1/yes, and an empty value is off."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    return value
+
+
+def empty_to_default(default: str) -> Any:
+    """An empty ENV-file value (`AUTH_TYPE=`) means the default, as if the line were absent."""
+    return lambda value: default if isinstance(value, str) and not value.strip() else value
+
+
+def _empty_to_none(value: Any) -> Any:
+    """An ENV-file line `NAME=` means "not set", as docker compose passes it."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+Flag = Annotated[bool, BeforeValidator(_parse_bool)]
+OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
+OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+
+# --- Model server (deployment issue, docs/deployment.md): values the vLLM container's entrypoint turns into flags ---
+
+_GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]+|MIG-[0-9A-Za-z/-]+")
+_ALLOC_CONF = re.compile(r"\w+:[^,:\s]+(,\w+:[^,:\s]+)*")
+_PARALLEL_FLAGS = {"--tensor-parallel-size": 0, "-tp": 0, "--pipeline-parallel-size": 1, "-pp": 1}
+
+
+def vllm_extra_args(raw: str) -> list[str]:
+    """ADDITIONAL_ARGS split as the entrypoint splits it; the guide's `--flag = value` is joined to `--flag=value`."""
+    if any(char in raw for char in "'\"\\$`"):
+        raise ValueError("quotes, backslashes, $ and ` are not supported: flags and values can't contain spaces")
+    args = re.sub(r" *= *", "=", raw.strip()).split()
+    if args and not args[0].startswith("-"):
+        raise ValueError(f"it must start with a flag such as --tensor-parallel-size, not {args[0]!r}")
+    return args
+
+
+def gpus_needed(args: list[str]) -> int:
+    """tensor-parallel-size x pipeline-parallel-size named in vLLM arguments (1 each when absent)."""
+    sizes = [1, 1]
+    for index, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        slot = _PARALLEL_FLAGS.get(flag.replace("_", "-"))
+        if slot is None:
+            continue
+        value = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{flag} needs a whole number >= 1, got {value!r}")
+        sizes[slot] = int(value)
+    return sizes[0] * sizes[1]
+
+
+def visible_device_count(raw: str) -> int | None:
+    """How many GPUs NVIDIA_VISIBLE_DEVICES lists; None for `all`, 0 for NVIDIA's `none` and `void`."""
+    if raw.strip().lower() == "all":
+        return None
+    if raw.strip().lower() in ("none", "void"):
+        return 0
+    ids = [part.strip() for part in raw.split(",")]
+    if not all(_GPU_ID.fullmatch(part) for part in ids):
+        raise ValueError("list GPU indices or UUIDs separated by commas (e.g. 0,1), or write all")
+    return len(ids)
+
+
+def _valid_extra_args(value: str | None) -> str | None:
+    if value is not None:
+        gpus_needed(vllm_extra_args(value))
+    return value
+
+
+def _valid_devices(value: str | None) -> str | None:
+    if value is not None:
+        visible_device_count(value)
+    return value
+
+
+def _valid_alloc_conf(value: str | None) -> str | None:
+    if value is not None and not _ALLOC_CONF.fullmatch(value.strip()):
+        raise ValueError("expected KEY:VALUE pairs separated by commas")
+    return value
+
+
+OptFloat = Annotated[float | None, BeforeValidator(_empty_to_none)]
+VllmDtype = Annotated[
+    Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None, BeforeValidator(_empty_to_none)
+]
+VllmArgs = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_extra_args)]
+GpuList = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_devices)]
+AllocConf = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_alloc_conf)]
+ZeroOne = Annotated[Literal["0", "1"] | None, BeforeValidator(_empty_to_none)]
+MultiprocMethod = Annotated[Literal["spawn", "fork"] | None, BeforeValidator(_empty_to_none)]
