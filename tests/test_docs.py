@@ -30,3 +30,12 @@ def test_readme_opens_with_the_two_setup_commands_and_ci_runs_the_test_one() -> 
     first_block = (REPO / "README.md").read_text().split("```")[1]
     assert "scripts/run.sh" in first_block and "scripts/test.sh" in first_block
     assert "bash scripts/test.sh" in (REPO / ".ci/run").read_text()
+
+
+def test_readme_layout_names_every_module() -> None:
+    layout = (REPO / "README.md").read_text().split("- Layout of `kodify_proxy/`", 1)[1].split("\n- ", 1)[0]
+    package = REPO / "kodify_proxy"
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in package.iterdir() if (p / "__init__.py").exists()
+    }
+    assert sorted(m for m in modules if f"`{m}`" not in layout and f"`{m}/`" not in layout) == []
