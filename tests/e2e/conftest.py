@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,13 +52,15 @@ def _preprocessing_env() -> dict[str, str]:
 
 
 class ResponseCounter:
-    """Counts every response the e2e clients get from one server: the journal must hold as many rows."""
+    """Every response the e2e clients get, by server: its request id (x-litellm-call-id) and status. The journal must
+    hold one row for each."""
 
     def __init__(self) -> None:
-        self.by_base: Counter[str] = Counter()
+        self.by_base: defaultdict[str, dict[str, int]] = defaultdict(dict)
 
     def hook(self, response: httpx.Response) -> None:
-        self.by_base[f"{response.url.scheme}://{response.url.host}:{response.url.port}"] += 1
+        base = f"{response.url.scheme}://{response.url.host}:{response.url.port}"
+        self.by_base[base][response.headers.get("x-litellm-call-id", "")] = response.status_code
 
     def http_client(self) -> httpx.Client:
         """An httpx client for the `openai` SDK (`http_client=`) that counts its responses."""
