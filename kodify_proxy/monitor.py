@@ -57,12 +57,14 @@ class UpstreamMonitor:
         settings: Settings,
         states: Sequence[UpstreamState],
         clock: Callable[[], float] = time.monotonic,
+        transport: httpx.AsyncBaseTransport | None = None,  # the network by default; tests play upstreams with it
     ) -> None:
         self.config = config
         self.settings = settings
         self.states = {s.upstream.url: s for s in states}
         self.outcomes = {u.url: Outcomes() for u in config.upstreams}
         self._clock = clock
+        self._transport = transport
         self._registered: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -198,7 +200,7 @@ class UpstreamMonitor:
 
     async def _run(self, router_getter: Callable[[], RouterLike | None]) -> None:
         timeout = httpx.Timeout(self.settings.connect_timeout)
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False, transport=self._transport) as client:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._interval())
