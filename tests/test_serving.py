@@ -1,0 +1,85 @@
+"""What `serve` and `render-config` share, on its own: discovery against a real upstream process (the session's fake
+vLLM) and a closed port, the master key's life, the LiteLLM config on disk holding no secret, and the environment
+LiteLLM starts with."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kodify_proxy.serving import StartupError, ensure_master_key, export_environment, prepare, write_litellm_config
+from kodify_proxy.settings import load_settings
+from kodify_proxy.upstreams import parse_config
+from tests.servers import Server, free_port
+
+UPSTREAM_KEY = "sk-upstream-secret-for-serving-test"
+
+
+@pytest.fixture
+def restored_environ() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_prepare_discovers_the_models_and_builds_litellms_config(upstream: Server, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = parse_config(
+        f"upstreams:\n  {upstream.url}:\n    api_key: {UPSTREAM_KEY}\n  {dead}:\n    models: [fake-model, only-dead]\n",
+        tmp_path / "config.yml",
+    )
+    prepared = prepare(load_settings({"KODIFY_STATE_DIR": str(tmp_path)}), config, wait=False)
+    states = prepared.monitor.states
+    assert states[upstream.url].healthy and states[upstream.url].models == ("fake-model", "fake-embed")
+    assert not states[dead].healthy and states[dead].models == ("fake-model", "only-dead")  # configured
+    listed = [(m["model_name"], m["model_info"]["kodify_upstream"]) for m in prepared.litellm_config["model_list"]]
+    # the dead upstream is routed only the model nobody else serves (its requests then fail fast and clearly)
+    assert sorted(listed) == [("fake-embed", upstream.url), ("fake-model", upstream.url), ("only-dead", dead)]
+
+    path = write_litellm_config(load_settings({"KODIFY_STATE_DIR": str(tmp_path)}), prepared.litellm_config)
+    text = path.read_text()
+    assert yaml.safe_load(text) == prepared.litellm_config
+    assert UPSTREAM_KEY not in text and "os.environ/KODIFY_UPSTREAM_0_API_KEY" in text
+
+
+def test_wait_vllm_gives_up_naming_the_upstream_and_the_fix(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = parse_config(f"upstreams:\n  {dead}:\n", tmp_path / "config.yml")
+    settings = load_settings({"WAIT_VLLM_ATTEMPTS": "2", "WAIT_VLLM_TIMEOUT": "0"})
+    with pytest.raises(StartupError) as caught:
+        prepare(settings, config, wait=True)
+    assert str(caught.value) == (
+        f"Upstream {dead} did not answer GET /v1/models after 2 attempts 0 s apart; "
+        "start the vLLM server or raise WAIT_VLLM_ATTEMPTS"
+    )
+    assert not prepare(settings, config, wait=False).monitor.states[dead].healthy  # without waiting: starts
+
+
+def test_the_master_key_is_the_given_one_else_generated_once_and_private(tmp_path: Path) -> None:
+    given = load_settings({"LITELLM_MASTER_KEY": "sk-given-key", "KODIFY_STATE_DIR": str(tmp_path)})
+    assert ensure_master_key(given) == "sk-given-key" and not (tmp_path / "master_key").exists()
+    settings = load_settings({"KODIFY_STATE_DIR": str(tmp_path / "state")})
+    key = ensure_master_key(settings)
+    path = tmp_path / "state" / "master_key"
+    assert key.startswith("sk-") and len(key) > 40 and path.read_text() == key + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_master_key(settings) == key  # reused: a restart keeps the admin's key
+
+
+def test_litellm_starts_with_its_config_path_the_master_key_and_upstream_keys(
+    tmp_path: Path, restored_environ: None
+) -> None:
+    config = parse_config(
+        f"upstreams:\n  http://a:8000:\n  http://b:8000:\n    api_key: {UPSTREAM_KEY}\n", tmp_path / "config.yml"
+    )
+    os.environ.pop("KODIFY_UPSTREAM_0_API_KEY", None)
+    export_environment(config, "sk-master", tmp_path / "litellm.yaml")
+    assert os.environ["CONFIG_FILE_PATH"] == str(tmp_path / "litellm.yaml")
+    assert os.environ["LITELLM_MASTER_KEY"] == "sk-master"
+    assert os.environ["KODIFY_UPSTREAM_1_API_KEY"] == UPSTREAM_KEY and "KODIFY_UPSTREAM_0_API_KEY" not in os.environ
