@@ -24,7 +24,12 @@ URL_FORMS = "postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:////absolute/path
 
 
 class DatabaseUrlError(ValueError):
-    """A database URL that can't be used; the message names the variable and never the password."""
+    """A database URL that can't be used: `VARIABLE: problem`, never the password."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
 
 
 def parse_url(raw: str, variable: str = "URL") -> URL:
@@ -32,18 +37,18 @@ def parse_url(raw: str, variable: str = "URL") -> URL:
     try:
         url = make_url(raw.strip())
     except ArgumentError:
-        raise DatabaseUrlError(f"{variable}: not a database URL; use {URL_FORMS}") from None
+        raise DatabaseUrlError(variable, f"not a database URL; use {URL_FORMS}") from None
     if url.drivername in _POSTGRES_DRIVERS:
         if not url.database:
-            raise DatabaseUrlError(f"{variable}: the PostgreSQL URL names no database; end it with /DBNAME")
+            raise DatabaseUrlError(variable, "the PostgreSQL URL names no database; end it with /DBNAME")
         return url.set(drivername="postgresql+psycopg")
     if url.drivername in _SQLITE_DRIVERS:
         if not url.database or url.database == ":memory:":
             raise DatabaseUrlError(
-                f"{variable}: SQLite needs a file, not memory: sqlite:///relative.db or sqlite:////absolute/path.db"
+                variable, "SQLite needs a file, not memory: sqlite:///relative.db or sqlite:////absolute/path.db"
             )
         return url.set(drivername="sqlite")
-    raise DatabaseUrlError(f"{variable}: database {url.drivername!r} is not supported; use {URL_FORMS}")
+    raise DatabaseUrlError(variable, f"database {url.drivername!r} is not supported; use {URL_FORMS}")
 
 
 def render_url(url: URL) -> str:

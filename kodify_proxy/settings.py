@@ -267,7 +267,7 @@ def _users_db_problems(settings: Settings) -> list[str]:
         try:
             driver = parse_url(settings.db_url.get_secret_value(), "DB_URL").drivername
         except DatabaseUrlError as exc:
-            problems.append(f"DB_URL=<hidden> is invalid: {exc}")
+            problems.append(f"DB_URL=<hidden> is invalid: {exc.problem}")
     if driver.startswith("sqlite") and schema not in (None, "main"):
         problems.append(
             f"USERS_TABLE={settings.users_table!r} names schema {schema!r}, but SQLite (DB_URL=sqlite:…) has "
