@@ -3,6 +3,8 @@
 - Routing: LiteLLM's router asks `async_filter_deployments` which deployments may take a call. We keep those whose
   upstream our monitor sees healthy and that this request has not tried yet, so a retry goes to another upstream
   (LiteLLM's own cooldowns are off: one client's bad request must not take an upstream out for everyone).
+- Chat streams: `async_post_call_streaming_iterator_hook` passes the chunks on and lets a client's hang-up close
+  the upstream request at once (see the method).
 - Journal and metrics: LiteLLM's log events add what only LiteLLM knows (upstream, tokens, the assembled stream)
   to the gateway's record of the same request, found by `litellm_call_id` (our request id, passed as the
   `x-litellm-call-id` header). Payload fields (litellm 1.106.12, notes/litellm-report.md §3): `standard_logging_object`
@@ -11,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
@@ -60,6 +63,18 @@ class KodifyHooks(CustomLogger):
         monitor = runtime.current().monitor
         healthy = {state.upstream.url for state in monitor.upstreams_for(model) if state.healthy}
         return routable(list(healthy_deployments), healthy, tried_deployments(request_kwargs))
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """A chat stream's chunks unchanged, with one turn of the event loop after each, taken inside LiteLLM's own
+        generator chain. LiteLLM's chunk loop never suspends while vLLM is ahead of it, so a client's hang-up would
+        go unseen until the stream ends; and the turn must be here, not in the ASGI `send`: Starlette cancels the
+        streaming task where it waits, and only a cancellation inside `async_data_generator` closes the upstream
+        response (its `finalize_streaming_generator_cleanup`), so vLLM aborts the generation."""
+        async for item in response:
+            yield item
+            await asyncio.sleep(0)
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Tokens, upstream and the assembled response of a finished call."""

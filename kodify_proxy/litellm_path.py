@@ -8,7 +8,6 @@ timeout is a 408, a refused connection says so in words. `classify` turns each i
 from __future__ import annotations
 
 import ast
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -165,10 +164,6 @@ class ResponseShaper:
         if self._mode == "stream":
             body = self._stream_bytes(body, more)
         await self.call.send({"type": "http.response.body", "body": body, "more_body": more})
-        if self._mode == "stream":
-            # LiteLLM's chunk loop never suspends while the upstream is ahead of it (its reads find data waiting),
-            # so without a turn of the event loop here nobody sees the client hang up until the stream ends.
-            await asyncio.sleep(0)
 
     def _stream_bytes(self, body: bytes, more: bool) -> bytes:
         assert self._framer is not None

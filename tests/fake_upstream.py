@@ -7,8 +7,10 @@ as its text (post-processing tests); `REPLY:[<JSON strings>]` gives the text in 
 its chunks (choices interleaved), and a streamed `REPLY:"…"` goes out in chunks of two characters.
 `DRIP:<seconds>` makes a completion take that long, in 20 steps (a stream sends one chunk per step), watching
 for the client to leave: GET /_disconnects counts the requests whose client left first, as vLLM aborts them.
-`SILENT:<seconds>` makes a stream send one chunk, then nothing for that long. Every answer names this server in
-`system_fingerprint` (`fake-<port>`), and a stream with `stream_options.include_usage` ends with vLLM's usage chunk.
+`SILENT:<seconds>` makes a stream send one chunk, then nothing for that long. `FLOOD:<count>` makes a chat stream
+send that many content chunks as fast as the connection takes them (as vLLM's tiny model outruns LiteLLM).
+Every answer names this server in `system_fingerprint` (`fake-<port>`), and a stream with
+`stream_options.include_usage` ends with vLLM's usage chunk.
 GET /v1/models counts as GET /_count?contains=/v1/models.
 """
 
@@ -30,6 +32,7 @@ from starlette.routing import Route
 _SLEEP = re.compile(r"SLEEP:([0-9.]+)")
 _DRIP = re.compile(r"DRIP:([0-9.]+)")
 _SILENT = re.compile(r"SILENT:([0-9.]+)")
+_FLOOD = re.compile(r"FLOOD:([0-9]+)")
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _REPLY = re.compile(rf"REPLY:({_STRING}|\[\s*{_STRING}(?:\s*,\s*{_STRING})*\s*\])")
 _state: dict[str, Any] = {"models": ["fake-model"], "last": None, "texts": [], "disconnects": 0, "port": 0}
@@ -133,7 +136,7 @@ async def chat(request: Request) -> Response:
                 choices=[{"index": i, "delta": {"role": "assistant", "content": w}, "finish_reason": None}],
             )
             for i in range(n)
-            for w in ("Hello", " world")
+            for w in ("Hello", " world") + (" x",) * int(_marker(_FLOOD, body))
         ]
         chunks.append(
             dict(

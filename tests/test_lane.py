@@ -180,6 +180,21 @@ def test_a_client_that_leaves_closes_the_upstream_request(
     assert time.monotonic() - started < 2.5
 
 
+def test_a_chat_stream_that_outruns_litellm_is_closed_when_its_client_leaves(lane: Server, upstream: Server) -> None:
+    """The upstream sends 50,000 chunks as fast as it can, so LiteLLM always finds the next one waiting (as with
+    vLLM's tiny model): the client's hang-up must still close the upstream request at once, not when LiteLLM has
+    worked through the backlog."""
+
+    def left() -> int:
+        return int(httpx.get(upstream.url + "/_disconnects").json())
+
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "FLOOD:50000"}], "stream": True}
+    before = left()
+    received = abandon_sync(lane.url + "/v1/chat/completions", body, after=0.5)
+    assert received.count(b"data: ") > 10  # it was streaming when the client left
+    eventually(lambda: left() == before + 1, timeout=3.0)
+
+
 # --- routing: failover, affinity ----------------------------------------------------------------------------------
 
 
