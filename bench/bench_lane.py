@@ -15,8 +15,10 @@ sequentially (c=1: p50/p99, a user waiting on each keystroke) and with 16 concur
 Without --fake a real vLLM server is started (scripts/vllm-serve.sh, the tiny model) unless --vllm names one.
 
 --cancel (real vLLM): a client asks for 480 tokens and hangs up after 0.15 s (a raw socket, as tabby-agent's abort);
-  the tokens vLLM generated for it (`vllm:generation_tokens_total`), through each target and directly. vLLM's
-  compute threads run at niceness --nice-model (10) meanwhile, for every path alike (model_compute_niced).
+  the tokens vLLM generated for it (`vllm:generation_tokens_total`), through each target and directly.
+With real vLLM, its compute threads run at niceness --nice-model (10) during the latency and --cancel runs, for every
+target alike (model_compute_niced): on these two vCPUs vLLM's busy worker threads otherwise keep the proxy, and
+the client's own timer, waiting for a core (the proxy uses ~2 % CPU then, and still waits).
 --prefix-cache (real vLLM): a second vLLM server; one file's keystrokes are successive FIM prompts sharing the
   file's start. vLLM's prefix-cache hit rate (`vllm:prefix_cache_hits_total / _queries_total`) for one upstream
   called directly, and through the lane over two upstreams with cache affinity on and off.
@@ -30,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -323,12 +326,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--cancel", action="store_true")
     parser.add_argument(
-        "--nice-model", type=int, default=10, help="--cancel: vLLM's compute threads at this niceness (0: unchanged)"
+        "--nice-model", type=int, default=10, help="real vLLM: its compute threads at this niceness (0: unchanged)"
     )
     parser.add_argument("--prefix-cache", action="store_true")
     parser.add_argument("--skip-latency", action="store_true", help="only the --cancel / --prefix-cache parts")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if not args.skip_latency and shutil.which("wrk") is None:
+        parser.error("the latency runs need wrk (Debian's package: apt-get install wrk); or pass --skip-latency")
     tmp = Path(tempfile.mkdtemp(prefix="kodify-bench-lane-"))
     servers: list[Server] = []
     started_vllm = False
@@ -343,13 +348,14 @@ def main() -> None:
             upstream, started_vllm = start_vllm(tmp / "vllm"), True
         started, targets = start_targets(tmp, upstream, model, args.max_tokens)
         servers += started
-        if not args.skip_latency:
-            report["latency"] = measure(scenarios(targets, model, args.max_tokens), args.seconds, args.rounds, tmp)
-            print(render_table(report["latency"]), flush=True)
-        if args.cancel and not args.fake:
-            with model_compute_niced(args.nice_model) as niced:
+        with model_compute_niced(0 if args.fake else args.nice_model) as niced:
+            report["model_threads_niced"] = {"threads": niced, "niceness": args.nice_model if niced else 0}
+            if not args.skip_latency:
+                found = measure(scenarios(targets, model, args.max_tokens), args.seconds, args.rounds, tmp)
+                report["latency"] = found
+                print(render_table(found), flush=True)
+            if args.cancel and not args.fake:
                 report["tokens_after_disconnect"] = asyncio.run(measure_cancel(upstream, targets["lane"].base, model))
-            report["tokens_after_disconnect"]["model_threads_niced"] = {"threads": niced, "niceness": args.nice_model}
             print(json.dumps(report["tokens_after_disconnect"], indent=1), flush=True)
         if args.prefix_cache and not args.fake:
             report["prefix_cache_hit_rate"] = measure_prefix_cache(tmp, upstream, model)
