@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,26 +17,13 @@ from tests.servers import REPO, Server, free_port, kodify_proxy, upstreams_yaml
 SERVED_MODEL = "tiny"
 
 
-@pytest.fixture(scope="session")
-def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a real vLLM OpenAI server serving the tiny model as `tiny` (started once per session)."""
-    workdir = tmp_path_factory.mktemp("vllm")
-    port = free_port()
-    started = subprocess.run(
-        [
-            "bash",
-            str(REPO / "scripts/vllm-serve.sh"),
-            "--port",
-            str(port),
-            "--workdir",
-            str(workdir),
-            "--served-model-name",
-            SERVED_MODEL,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+@contextlib.contextmanager
+def real_vllm(workdir: Path, *vllm_args: str) -> Iterator[str]:
+    """A real vLLM OpenAI server (scripts/vllm-serve.sh) serving the tiny model as `tiny`, with `vllm_args` added;
+    its base URL. Stopped (scripts/vllm-stop.sh) on the way out."""
+    command = ["bash", str(REPO / "scripts/vllm-serve.sh"), "--port", str(free_port()), "--workdir", str(workdir)]
+    command += ["--served-model-name", SERVED_MODEL, *(["--", *vllm_args] if vllm_args else [])]
+    started = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if started.returncode != 0:
         raise RuntimeError(f"vLLM did not start:\n{started.stderr[-4000:]}")
     try:
@@ -44,6 +32,13 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run(
             ["bash", str(REPO / "scripts/vllm-stop.sh"), "--workdir", str(workdir)], timeout=120, check=False
         )
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real vLLM OpenAI server serving the tiny model as `tiny` (started once per session)."""
+    with real_vllm(tmp_path_factory.mktemp("vllm")) as url:
+        yield url
 
 
 def _preprocessing_env() -> dict[str, str]:

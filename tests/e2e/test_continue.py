@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import SERVED_MODEL
+from tests.e2e.conftest import SERVED_MODEL, real_vllm
 from tests.journal_support import fresh_database, wait_for_rows
-from tests.servers import REPO, Server, free_port, kodify_proxy, upstreams_yaml
+from tests.servers import REPO, Server, kodify_proxy, upstreams_yaml
 from tests.test_clients_doc import client_config
 
 pytestmark = pytest.mark.e2e
@@ -157,20 +157,8 @@ def cn() -> Path:
 @pytest.fixture(scope="module")
 def long_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real vLLM server like the session's, with the tiny model's whole context (cn's prompt needs it)."""
-    workdir = tmp_path_factory.mktemp("vllm-continue")
-    script = ["bash", str(REPO / "scripts/vllm-serve.sh"), "--port", str(free_port()), "--workdir", str(workdir)]
-    started = subprocess.run(
-        [*script, "--served-model-name", SERVED_MODEL, "--", "--max-model-len", str(CONTEXT)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if started.returncode != 0:
-        raise RuntimeError(f"vLLM did not start:\n{started.stderr[-4000:]}")
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(REPO / "scripts/vllm-stop.sh"), "--workdir", str(workdir)], timeout=120)
+    with real_vllm(tmp_path_factory.mktemp("vllm-continue"), "--max-model-len", str(CONTEXT)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
