@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from kodify_proxy.journal.record import JournalRow
 from tests.servers import Server, free_port
 
 SLOW_MODEL = "slow-model"
@@ -46,6 +47,34 @@ def fresh_database(base_url: str, prefix: str = "kodify_journal_test") -> Iterat
 def via_port(url: str, port: int) -> str:
     """`url` with its port replaced (to go through a TcpForwarder)."""
     return make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
+def fill_journal(url: str, rows: Sequence[JournalRow]) -> None:
+    """Migrate the journal at `url` to head and store `rows` in it."""
+    from kodify_proxy.database import parse_url
+    from kodify_proxy.journal.database import journal_engine
+    from kodify_proxy.journal.migrate import upgrade
+    from kodify_proxy.journal.writer import JournalStore
+
+    upgrade(parse_url(url))
+    engine = journal_engine(parse_url(url))
+    try:
+        JournalStore(engine).insert(rows)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def filled_journal(kind: str, rows: Sequence[JournalRow], database_url: str, folder: Path) -> Iterator[str]:
+    """A journal holding `rows`: a fresh PostgreSQL database (`kind` "postgresql") or an SQLite file in `folder`."""
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / 'journal.db'}"
+        fill_journal(url, rows)
+        yield url
+        return
+    with fresh_database(database_url) as url:
+        fill_journal(url, rows)
+        yield url
 
 
 def journal_rows(url: str, order: str = "started_at") -> list[dict[str, Any]]:

@@ -31,11 +31,9 @@ from kodify_proxy.journal.html_report import (
     load_report,
     render_report_html,
 )
-from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
 from kodify_proxy.journal.report import UsageRow
-from kodify_proxy.journal.writer import JournalStore
-from tests.journal_support import fresh_database
+from tests.journal_support import fill_journal, filled_journal
 
 BOB = '</script><b>bob</b> & "co"'  # a user name that must show as written, and break nothing
 CHAT, COMPLETIONS, EVENTS = "/v1/chat/completions", "/v1/completions", "/v1/events"
@@ -93,24 +91,11 @@ EXPECTED = ReportData(
 EMPTY = ReportData(None, UsageRow("TOTAL", 0, 0, 0, 0, None, None), (), (), (), (), ())
 
 
-def _fill(url: str, rows: list[JournalRow]) -> None:
-    upgrade(parse_url(url))
-    engine = journal_engine(parse_url(url))
-    JournalStore(engine).insert(rows)
-    engine.dispose()
-
-
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def journal_url(
     request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('html-report') / 'journal.db'}"
-        _fill(url, ROWS)
-        yield url
-        return
-    with fresh_database(database_url) as url:
-        _fill(url, ROWS)
+    with filled_journal(request.param, ROWS, database_url, tmp_path_factory.mktemp("html-report")) as url:
         yield url
 
 
@@ -279,7 +264,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, rows in (("filled", ROWS), ("empty", [])):
         folder = tmp_path_factory.mktemp(f"page-{name}")
         url = f"sqlite:///{folder / 'journal.db'}"
-        _fill(url, rows)
+        fill_journal(url, rows)
         done = run_usage_html(url, folder / f"{name}.html")
         assert done.returncode == 0, done.stderr
         made[name] = folder / f"{name}.html"

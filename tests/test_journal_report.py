@@ -17,8 +17,7 @@ from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
 from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, render_usage
-from kodify_proxy.journal.writer import JournalStore
-from tests.journal_support import fresh_database
+from tests.journal_support import filled_journal
 
 
 def row(
@@ -94,34 +93,15 @@ TABBY_ROWS = [
 def journal_url(
     request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'journal.db'}"
-        _fill(url)
+    with filled_journal(request.param, ROWS, database_url, tmp_path_factory.mktemp("report")) as url:
         yield url
-        return
-    with fresh_database(database_url) as url:
-        _fill(url)
-        yield url
-
-
-def _fill(url: str, rows: list[JournalRow] = ROWS) -> None:
-    upgrade(parse_url(url))
-    engine = journal_engine(parse_url(url))
-    JournalStore(engine).insert(rows)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def tabby_url(
     request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('tabby-report') / 'journal.db'}"
-        _fill(url, TABBY_ROWS)
-        yield url
-        return
-    with fresh_database(database_url) as url:
-        _fill(url, TABBY_ROWS)
+    with filled_journal(request.param, TABBY_ROWS, database_url, tmp_path_factory.mktemp("tabby-report")) as url:
         yield url
 
 
