@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from string import Template
 from typing import Any
 
-from sqlalchemy import Engine, Select, case, func, select
+from sqlalchemy import Engine, case, func, select
 
 from kodify_proxy.journal.models import journal
-from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile
+from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, since_filter
 
 TOP_USERS = 10
 NO_KEY = "-"  # load_usage's group of requests without a user (failed auth) or a model
@@ -90,10 +90,6 @@ def _rounded(value: Any) -> float | None:
     return None if value is None else round(float(value), 1)
 
 
-def _since(query: Select[Any], since: datetime | None) -> Select[Any]:
-    return query if since is None else query.where(journal.c.started_at >= since.astimezone(UTC))
-
-
 _TTFT = case((journal.c.stream.is_(True), journal.c.ttft_ms))  # time to first token counts for streams only
 
 
@@ -104,7 +100,7 @@ def _routes_in_database(engine: Engine, since: datetime | None) -> list[RouteLat
         for value in (journal.c.latency_ms, _TTFT)
         for fraction in (0.5, 0.95)
     ]
-    query = _since(select(journal.c.route, *columns), since).group_by(journal.c.route)
+    query = since_filter(select(journal.c.route, *columns), since).group_by(journal.c.route)
     with engine.connect() as connection:
         return [RouteLatency(row[0], *(_rounded(v) for v in row[1:])) for row in connection.execute(query)]
 
@@ -115,7 +111,7 @@ def _routes_in_python(engine: Engine, since: datetime | None) -> list[RouteLaten
     ttfts: dict[str, list[float]] = defaultdict(list)
     with engine.connect() as connection:
         for route, latency, ttft in connection.execute(
-            _since(select(journal.c.route, journal.c.latency_ms, _TTFT), since)
+            since_filter(select(journal.c.route, journal.c.latency_ms, _TTFT), since)
         ):
             latencies[route].append(float(latency))
             if ttft is not None:

@@ -64,7 +64,8 @@ def _key(
     return func.substr(rows.c.started_at, 1, 10)  # SQLite stores 'YYYY-MM-DD HH:MM:SS…' in UTC
 
 
-def _since(query: Select[Any], since: datetime | None) -> Select[Any]:
+def since_filter(query: Select[Any], since: datetime | None) -> Select[Any]:
+    """`query` limited to the requests from `since` on (None: all)."""
     return query if since is None else query.where(journal.c.started_at >= since.astimezone(UTC))
 
 
@@ -81,7 +82,7 @@ def _totals_query(key: ColumnElement[Any], since: datetime | None, with_percenti
             func.percentile_cont(0.5).within_group(journal.c.latency_ms).label("p50_ms"),
             func.percentile_cont(0.95).within_group(journal.c.latency_ms).label("p95_ms"),
         ]
-    return _since(select(*columns), since).group_by(key).order_by(key)
+    return since_filter(select(*columns), since).group_by(key).order_by(key)
 
 
 def _python_percentiles(
@@ -89,7 +90,7 @@ def _python_percentiles(
 ) -> dict[str, tuple[float | None, float | None]]:
     """SQLite has no percentile_cont: fetch the latencies per group and interpolate here."""
     latencies: dict[str, list[float]] = defaultdict(list)
-    query = _since(select(key.label("key"), journal.c.latency_ms), since)
+    query = since_filter(select(key.label("key"), journal.c.latency_ms), since)
     with engine.connect() as connection:
         for group, latency in connection.execute(query):
             latencies[str(group)].append(float(latency))
