@@ -189,6 +189,8 @@ def test_a_chat_stream_that_outruns_litellm_is_closed_when_its_client_leaves(lan
         return int(httpx.get(upstream.url + "/_disconnects").json())
 
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "FLOOD:50000"}], "stream": True}
+    warm = {**body, "messages": [{"role": "user", "content": "FLOOD:10"}]}  # LiteLLM's first call can take > 0.5 s
+    assert httpx.post(lane.url + "/v1/chat/completions", json=warm, timeout=30).status_code == 200
     before = left()
     received = abandon_sync(lane.url + "/v1/chat/completions", body, after=0.5)
     assert received.count(b"data: ") > 10  # it was streaming when the client left
