@@ -356,7 +356,7 @@ def main() -> None:
                 print(render_table(found), flush=True)
             if args.cancel and not args.fake:
                 report["tokens_after_disconnect"] = asyncio.run(measure_cancel(upstream, targets["lane"].base, model))
-            print(json.dumps(report["tokens_after_disconnect"], indent=1), flush=True)
+                print(json.dumps(report["tokens_after_disconnect"], indent=1), flush=True)
         if args.prefix_cache and not args.fake:
             report["prefix_cache_hit_rate"] = measure_prefix_cache(tmp, upstream, model)
             print(json.dumps(report["prefix_cache_hit_rate"], indent=1))
