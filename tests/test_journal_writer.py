@@ -14,10 +14,10 @@ from sqlalchemy.engine import make_url
 from kodify_proxy.database import parse_url
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
-from kodify_proxy.journal.record import JournalRow
+from kodify_proxy.journal.record import INT_MAX, UNSTORABLE, JournalRow
 from kodify_proxy.journal.spool import REJECTED_NAME, Spool
 from kodify_proxy.journal.writer import JournalStore, JournalWriter, WriterConfig
-from tests.journal_support import TcpForwarder, fresh_database, via_port
+from tests.journal_support import TcpForwarder, fresh_database, journal_rows, via_port
 
 FAST = WriterConfig(batch_size=50, flush_interval=0.05, retry_interval=0.2)
 T0 = datetime(2025, 11, 27, 8, 0, tzinfo=UTC)
@@ -156,16 +156,35 @@ def test_a_locked_table_delays_neither_submit_nor_loses_rows(clean_db: str, tmp_
     assert sorted(ids_in_insert_order(clean_db)) == [f"w-{i:06d}" for i in range(1000)]
 
 
-def test_a_row_the_database_refuses_is_set_aside_and_the_rest_stored(clean_db: str, tmp_path: Path) -> None:
+def test_rows_that_are_not_storable_whole_cost_no_row_beside_them(clean_db: str, tmp_path: Path) -> None:
     writer = make_writer(clean_db, tmp_path)
     writer.start()
-    too_long = make_row(1).model_copy(update={"prompt_tokens": 2**40})  # prompt_tokens is a 32-bit INTEGER
-    for row in (make_row(0), too_long, make_row(2)):
+    # model_copy skips validation, as a bug of ours would: a count beyond the INTEGER column is clamped when the
+    # spooled row is read back; an infinite latency is spooled as null, so only the row's minimal version is kept.
+    too_many = make_row(1).model_copy(update={"prompt_tokens": 2**70})
+    endless = make_row(2).model_copy(update={"latency_ms": float("inf")})
+    for row in (make_row(0), too_many, endless, make_row(3)):
         writer.submit(row)
-    assert wait_until(lambda: writer.stored == 3 and not writer.spool.pending())
+    assert wait_until(lambda: writer.stored == 4 and not writer.spool.pending())
     writer.close()
-    assert ids_in_insert_order(clean_db) == ["w-000000", "w-000002"]
-    assert JournalRow.model_validate_json((tmp_path / REJECTED_NAME).read_text()) == too_long
+    assert ids_in_insert_order(clean_db) == ["w-000000", "w-000001", "w-000002", "w-000003"]
+    stored = {row["request_id"]: row for row in journal_rows(clean_db, order="request_id")}
+    assert stored["w-000001"]["prompt_tokens"] == INT_MAX
+    assert stored["w-000002"]["error_type"] == UNSTORABLE and "latency_ms" in stored["w-000002"]["error_message"]
+    assert (stored["w-000002"]["user_id"], stored["w-000002"]["status"]) == ("alice", 200)
+    assert stored["w-000003"]["prompt_tokens"] == 5
+    assert not (tmp_path / REJECTED_NAME).exists()
+
+
+def test_a_row_the_database_refuses_is_stored_as_its_minimal_row(clean_db: str) -> None:
+    store = JournalStore(journal_engine(parse_url(clean_db), 5.0))
+    refused = make_row(1).model_copy(update={"prompt_tokens": 2**40})  # validation skipped: PostgreSQL refuses it
+    assert store.insert_each([make_row(0), refused]) == []
+    stored = {row["request_id"]: row for row in journal_rows(clean_db, order="request_id")}
+    assert sorted(stored) == ["w-000000", "w-000001"]
+    assert stored["w-000001"]["error_type"] == UNSTORABLE
+    assert stored["w-000001"]["error_message"].endswith("status: NumericValueOutOfRange: integer out of range")
+    assert (stored["w-000001"]["prompt_tokens"], stored["w-000001"]["user_id"]) == (None, "alice")
 
 
 def test_close_with_the_database_down_spools_and_the_next_start_stores(clean_db: str, tmp_path: Path) -> None:

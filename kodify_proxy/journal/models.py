@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, false
 
 # Alembic's version table for our migrations; LiteLLM's own tables (Prisma, "LiteLLM_*") are never touched.
 VERSION_TABLE = "kodify_alembic_version"
@@ -44,6 +44,8 @@ journal = Table(
     Column("select_kind", String(32)),
     Column("view_id", String(128)),
     Column("elapsed_ms", Integer),
+    # Migration 0003: the row's text held code points no database stores (lone surrogates); they were replaced.
+    Column("text_replaced", Boolean, nullable=False, server_default=false()),
     Index("ix_kodify_journal_started_at", "started_at"),
     Index("ix_kodify_journal_user_id", "user_id"),
     Index("ix_kodify_journal_model", "model"),

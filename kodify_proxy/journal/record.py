@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange
+from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange, whole_number
 
 # How much of a response is kept to find the error type when bodies are not kept.
 ERROR_PARSE_BYTES = 16 << 10
@@ -29,9 +30,26 @@ _MAX_CHARS = {
     "event_type": 16,
     "select_kind": 32,
     "view_id": 128,
+    "error_message": ERROR_MESSAGE_CHARS,
 }
 CLIENT_DISCONNECTED = "client_disconnected"
+UNSTORABLE = "journal_unstorable"  # a row kept as its minimal version (`minimal_row`)
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # an INTEGER column
+_INTEGER_COLUMNS = frozenset(
+    {
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "n",
+        "request_bytes",
+        "response_bytes",
+        "choice_index",
+        "elapsed_ms",
+    }
+)
+# Text no database or JSON encoder takes: lone surrogates (a JSON body may spell them as \udXXX escapes), which UTF-8
+# cannot encode, so neither PostgreSQL, SQLite nor the spool's JSON could hold them.
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
 
 
 class JournalRow(BaseModel):
@@ -69,23 +87,58 @@ class JournalRow(BaseModel):
     select_kind: str | None = None
     view_id: str | None = None
     elapsed_ms: int | None = None
+    text_replaced: bool = False  # some text held code points no database stores; they were replaced by U+FFFD
 
-    @field_validator("*", mode="after")
+    @model_validator(mode="before")
     @classmethod
-    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
-        # PostgreSQL text holds no NUL characters, and a client-chosen path or model name may be longer than
-        # its column: either would make the database refuse the row.
-        if not isinstance(value, str):
-            return value
-        value = value.replace("\x00", "\ufffd")
-        limit = _MAX_CHARS.get(info.field_name or "")
-        return value[:limit] if limit is not None else value
+    def _storable(cls, data: Any) -> Any:
+        # Every row is made storable here, whoever builds it: text a database can't hold replaced (and marked),
+        # text longer than its column cut, numbers beyond an INTEGER column clamped.
+        if not isinstance(data, dict):
+            return data
+        cleaned = dict(data)
+        for name, value in data.items():
+            if isinstance(value, str):
+                text, replaced = storable_text(value, _MAX_CHARS.get(name))
+                cleaned[name] = text
+                cleaned["text_replaced"] = replaced or bool(cleaned.get("text_replaced"))
+            elif name in _INTEGER_COLUMNS and whole_number(value) is not None:
+                cleaned[name] = clamped(value)
+        return cleaned
 
     @field_validator("started_at", mode="after")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         # SQLite keeps the wall-clock digits only, so every time is stored in UTC (naive ones are UTC already).
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def storable_text(value: str, limit: int | None = None) -> tuple[str, bool]:
+    """`value` as every store holds it, and whether code points had to be replaced.
+
+    PostgreSQL text holds no NUL (replaced, unmarked, as always); lone surrogates no encoder takes (replaced and
+    marked); a client-chosen path or model name may be longer than its column (cut to `limit` characters).
+    """
+    value = (value[:limit] if limit is not None else value).replace("\x00", "\ufffd")  # cut first: less to scan
+    replaced = _UNENCODABLE.search(value) is not None
+    return (_UNENCODABLE.sub("\ufffd", value) if replaced else value), replaced
+
+
+def minimal_row(row: JournalRow, reason: str) -> JournalRow:
+    """What is kept of a row that could not be stored whole: who, when, which route, the status, and why."""
+    return JournalRow(
+        request_id=row.request_id,
+        started_at=row.started_at,
+        user_id=row.user_id,
+        method=row.method,
+        route=row.route,
+        status=row.status,
+        latency_ms=row.latency_ms,
+        error_type=UNSTORABLE,
+        error_message="the journal could not store this row whole, only its request id, time, route, user and "
+        + f"status: {reason}",
+        text_replaced=row.text_replaced,
+    )
 
 
 @dataclass(frozen=True)
@@ -204,9 +257,9 @@ def build_row(exchange: Exchange, policy: BodyPolicy) -> JournalRow:
         stream=stream,
         latency_ms=_ms(exchange.t0, exchange.ended_at) or 0.0,
         ttft_ms=_ms(exchange.t0, exchange.first_byte_at) if stream else None,
-        prompt_tokens=clamped(exchange.prompt_tokens),
-        completion_tokens=clamped(exchange.completion_tokens),
-        n=clamped(exchange.n),
+        prompt_tokens=exchange.prompt_tokens,
+        completion_tokens=exchange.completion_tokens,
+        n=exchange.n,
         request_bytes=len(body),
         request_body=request_text,
         request_body_truncated=request_cut,
@@ -225,12 +278,8 @@ def _event_fields(event: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     return {
         "event_type": event.get("type"),
-        "choice_index": clamped(_whole(event.get("choice_index"))),
+        "choice_index": whole_number(event.get("choice_index")),
         "select_kind": event.get("select_kind"),
         "view_id": event.get("view_id"),
-        "elapsed_ms": clamped(_whole(event.get("elapsed"))),
+        "elapsed_ms": whole_number(event.get("elapsed")),
     }
-
-
-def _whole(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -8,6 +8,7 @@ stored once because inserts are keyed on the request id.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from kodify_proxy.errors import describe_validation
-from kodify_proxy.journal.record import JournalRow
+from kodify_proxy.journal.record import JournalRow, minimal_row
 
 log = logging.getLogger("kodify_proxy.journal")
 
@@ -55,6 +57,38 @@ def _append_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def spool_line(row: JournalRow) -> bytes:
+    """A row as one JSON line; a row that can't be serialized whole becomes its minimal row, never nothing."""
+    try:
+        return row.model_dump_json().encode() + b"\n"
+    except (PydanticSerializationError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("Journal: request %s could not be serialized (%s); its minimal row is kept", row.request_id, reason)
+        return minimal_row(row, reason).model_dump_json().encode() + b"\n"
+
+
+# What a salvaged row keeps of a spooled line, and what stands in for a value that is missing or invalid.
+_MINIMAL_FIELDS = ("started_at", "user_id", "method", "route", "status", "latency_ms")
+_FALLBACK = {"started_at": "1970-01-01T00:00:00Z", "method": "?", "route": "?", "status": 500, "latency_ms": 0.0}
+
+
+def salvage(line: bytes, reason: str) -> JournalRow | None:
+    """The minimal row of a spooled line that is a JSON object with a request id but not a valid row; else None."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("request_id"), str):
+        return None
+    kept = {name: data[name] for name in _MINIMAL_FIELDS if name in data}
+    for _ in range(2):  # a second time without the fields that were invalid: the fallbacks always are valid
+        try:
+            return minimal_row(JournalRow(request_id=data["request_id"], **{**_FALLBACK, **kept}), reason)
+        except ValidationError as exc:
+            kept = {name: value for name, value in kept.items() if name not in {e["loc"][0] for e in exc.errors()}}
+    return None
 
 
 def _segment_number(path: Path) -> int:
@@ -102,7 +136,7 @@ class Spool:
         """Write rows durably (fsync) after everything already spooled."""
         if not rows:
             return
-        data = b"".join(row.model_dump_json().encode() + b"\n" for row in rows)
+        data = b"".join(spool_line(row) for row in rows)
         with self._lock:
             if self._active is None:
                 self._active = self.directory / f"segment-{self._next_number:012d}.jsonl"
@@ -159,8 +193,15 @@ class Spool:
         try:
             return JournalRow.model_validate_json(line)
         except ValidationError as exc:
-            self._reject(line, f"not a journal row in {segment.name}: {describe_validation(exc, first_only=True)}")
+            reason = describe_validation(exc, first_only=True)
+        salvaged = salvage(line, reason)
+        if salvaged is None:
+            self._reject(line, f"not a journal row in {segment.name}: {reason}")
             return None
+        log.error(
+            "Journal spool: request %s is not a whole row (%s); its minimal row is kept", salvaged.request_id, reason
+        )
+        return salvaged
 
     def _reject(self, line: bytes, reason: str) -> None:
         log.error("Journal spool: %s; kept in %s", reason, self.directory / REJECTED_NAME)
@@ -170,7 +211,7 @@ class Spool:
         """Set aside rows the database refuses (kept in rejected.jsonl), so they don't block the rest."""
         with self._lock:
             for row in rows:
-                self._reject(row.model_dump_json().encode(), f"request {row.request_id}: {reason}")
+                self._reject(spool_line(row), f"request {row.request_id}: {reason}")
 
     def commit(self, chunk: Chunk) -> None:
         """The chunk's rows are stored: move past them, deleting the segment once it is used up."""

@@ -17,15 +17,23 @@ from typing import Any
 from sqlalchemy import Engine, Insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from kodify_proxy.journal.models import journal
-from kodify_proxy.journal.record import JournalRow
+from kodify_proxy.journal.record import JournalRow, minimal_row
 from kodify_proxy.journal.spool import Chunk, Spool
 
 log = logging.getLogger("kodify_proxy.journal")
 
-_REFUSED = (DataError, IntegrityError)  # the database is up but refuses these rows: set them aside
+
+def refused(exc: SQLAlchemyError) -> bool:
+    """The database is up but refuses these rows (or their values can't even be sent): set them aside.
+
+    A StatementError that is not the driver's (DBAPIError) was raised while the row's values were encoded.
+    """
+    return isinstance(exc, DataError | IntegrityError) or (
+        isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+    )
 
 
 def _insert_statement(dialect: str) -> Insert:
@@ -51,14 +59,28 @@ class JournalStore:
             connection.execute(self._statement, [row.model_dump() for row in rows])
 
     def insert_each(self, rows: Sequence[JournalRow]) -> list[tuple[JournalRow, str]]:
-        """Insert rows one by one; the rows the database refused, with its reason."""
-        refused = []
+        """Insert rows one by one, a refused row as its minimal row; the rows refused even so, with the reason."""
+        lost = []
         for row in rows:
             try:
-                self.insert([row])
-            except _REFUSED as exc:
-                refused.append((row, str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__))
-        return refused
+                self._insert_or_minimal(row)
+            except SQLAlchemyError as exc:
+                if not refused(exc):
+                    raise
+                lost.append((row, _reason(exc)))
+        return lost
+
+    def _insert_or_minimal(self, row: JournalRow) -> None:
+        try:
+            self.insert([row])
+        except SQLAlchemyError as exc:
+            if not refused(exc):
+                raise
+            reason = _reason(exc)
+            log.error(
+                "Journal: the database refused request %s (%s); its minimal row is stored", row.request_id, reason
+            )
+            self.insert([minimal_row(row, reason)])
 
 
 @dataclass(frozen=True)
@@ -154,9 +176,11 @@ class JournalWriter:
             rows, stopping = self._wait_for_rows()
             try:
                 self._spool_rows(rows)
+                rows = []
                 if not stopping or self._down_reason is None:
                     self._drain(stopping)
-            except Exception:  # a bug must not stop journaling for good: the rows stay spooled, retried later
+            except Exception:  # a bug must not stop journaling for good: rows not yet spooled go back, retried later
+                self._put_back(rows)
                 log.exception("Journal writer error; retrying in %g s", self.config.retry_interval)
                 self._retry_at = time.monotonic() + self.config.retry_interval
                 if stopping:
@@ -172,9 +196,13 @@ class JournalWriter:
             log.error(
                 "Journal spool %s is not writable (%s); %d rows kept in memory", self.spool.directory, exc, len(rows)
             )
-            with self._cond:
-                self._buffer.extendleft(reversed(rows))
+            self._put_back(rows)
             time.sleep(self.config.retry_interval)
+
+    def _put_back(self, rows: list[JournalRow]) -> None:
+        """Rows taken from the buffer but not spooled go back to its front, in their order."""
+        with self._cond:
+            self._buffer.extendleft(reversed(rows))
 
     def _drain(self, stopping: bool) -> None:
         """Insert spooled rows, oldest first, until the spool is empty or the database fails."""
@@ -191,17 +219,22 @@ class JournalWriter:
         if not chunk.rows:
             return True
         try:
-            try:
-                self.store.insert(chunk.rows)
-            except _REFUSED:
-                for row, reason in self.store.insert_each(chunk.rows):
-                    self.spool.reject([row], reason)
+            self._insert(chunk.rows)
         except SQLAlchemyError as exc:
             self._mark_down(exc)
             return False
         self.stored += len(chunk.rows)
         self._mark_up()
         return True
+
+    def _insert(self, rows: Sequence[JournalRow]) -> None:
+        try:
+            self.store.insert(rows)
+        except SQLAlchemyError as exc:
+            if not refused(exc):
+                raise
+            for row, reason in self.store.insert_each(rows):
+                self.spool.reject([row], reason)
 
     def _mark_down(self, exc: BaseException) -> None:
         reason = _reason(exc)
