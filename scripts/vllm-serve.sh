@@ -11,7 +11,8 @@
 # printed on stdout; on failure the tail of the log goes to stderr and the exit status is 1.
 # Stop it with scripts/vllm-stop.sh --workdir WORKDIR.
 #
-# Environment: KODIFY_CACHE (default $HOME/.cache/kodify-proxy), VLLM_STARTUP_TIMEOUT (180 s),
+# Environment: KODIFY_CACHE (default $HOME/.cache/kodify-proxy), VLLM_STARTUP_TIMEOUT (180 s), VLLM_DTYPE
+# (default bfloat16; float32 on a CPU with AMX, which vLLM's bfloat16 attention can't use there),
 # VLLM_CPU_KVCACHE_SPACE (GiB of KV cache, default 1), VLLM_TOOL_CALL_PARSER (default hermes: vLLM gets
 # --enable-auto-tool-choice --tool-call-parser hermes, which clients sending `tools` need; set it empty for neither).
 set -euo pipefail
@@ -95,7 +96,18 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TORCH_COMPILE_DISABLE=1 \
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE-1}"
 [[ -z "$VLLM_CPU_KVCACHE_SPACE" ]] && unset VLLM_CPU_KVCACHE_SPACE
 
-log "starting vLLM on $HOST:$PORT serving $MODEL as '$SERVED_NAME' (log: $LOGFILE)"
+# vLLM's CPU attention takes its AMX kernel for bfloat16 whenever the CPU lists amx_tile (_get_attn_isa in
+# vllm/v1/attention/backends/cpu_attn.py), but nothing in vLLM's worker asks Linux for the AMX tile state first
+# (arch_prctl ARCH_REQ_XCOMP_PERM), so the first request kills the worker with SIGILL (seen on 2026-12-05 on a
+# Sapphire Rapids VM: a tile instruction runs after that request and traps without it). float32 takes the
+# AVX-512 kernel instead, and serves the tiny model as fast.
+DTYPE="${VLLM_DTYPE:-}"
+if [[ -z "$DTYPE" ]]; then
+    DTYPE=bfloat16
+    if grep -qw amx_tile /proc/cpuinfo; then DTYPE=float32; fi
+fi
+
+log "starting vLLM on $HOST:$PORT serving $MODEL as '$SERVED_NAME' in $DTYPE (log: $LOGFILE)"
 STARTED=$SECONDS
 rm -f "$PIDFILE"
 # setsid makes the server a process-group leader, so vllm-stop.sh can wait for (and if need be
@@ -105,7 +117,7 @@ rm -f "$PIDFILE"
 setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$PIDFILE" \
     "$VENV/bin/vllm" serve "$MODEL" \
     --served-model-name "$SERVED_NAME" --host "$HOST" --port "$PORT" \
-    --dtype bfloat16 --max-model-len 512 --enforce-eager \
+    --dtype "$DTYPE" --max-model-len 512 --enforce-eager \
     ${TOOL_ARGS[@]+"${TOOL_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} \
     </dev/null >"$LOGFILE" 2>&1 &
 LAUNCHER=$!
