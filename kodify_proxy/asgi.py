@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from kodify_proxy.errors import KodifyError, PayloadTooLarge
+from kodify_proxy.errors import KodifyError, PayloadTooLarge, RequestTimeout
 
 Headers = list[tuple[bytes, bytes]]
 JSON = b"application/json"
@@ -47,8 +48,19 @@ async def send_error(send: Send, error: KodifyError, headers: Iterable[tuple[byt
     await send_bytes(send, error.status_code, error.render(), JSON, [*headers, *extra])
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body; None when the client left first; PayloadTooLarge past `limit` bytes."""
+async def read_body(receive: Receive, limit: int, timeout: float) -> bytes | None:
+    """The whole request body; None when the client left first; PayloadTooLarge past `limit` bytes, RequestTimeout
+    when it has not all arrived `timeout` seconds after we started reading (KODIFY_BODY_TIMEOUT)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout:g} s (KODIFY_BODY_TIMEOUT); send the whole body at once"
+        ) from None
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:

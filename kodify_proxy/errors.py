@@ -112,6 +112,18 @@ class MethodNotAllowed(KodifyError):
     error_code = "method_not_allowed"
 
 
+class RequestTimeout(KodifyError):
+    """The request's headers or body did not arrive within KODIFY_BODY_TIMEOUT (408); the connection is closed."""
+
+    status_code = 408
+    error_type = "timeout_error"
+    error_code = "request_timeout"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The rest of the request may still arrive on this connection, so it cannot carry another one.
+        super().__init__(message, param=param, headers={"connection": "close"})
+
+
 class PayloadTooLarge(KodifyError):
     """The request body is larger than KODIFY_MAX_BODY_BYTES (413)."""
 
@@ -180,6 +192,7 @@ ERROR_CLASSES: tuple[type[KodifyError], ...] = (
     RouteNotFound,
     ModelNotFound,
     MethodNotAllowed,
+    RequestTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     InternalError,

@@ -163,7 +163,8 @@ class Gateway:
                 "send 'Content-Type: application/json'",
                 param="content-type",
             )
-        body = await read_body(call.receive, self.rt.settings.max_body_bytes)
+        settings = self.rt.settings
+        body = await read_body(call.receive, settings.max_body_bytes, settings.body_timeout)
         if body is None:
             call.exchange.disconnected = True
             return False

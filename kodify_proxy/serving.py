@@ -97,20 +97,71 @@ def export_environment(config: KodifyConfig, master_key: str, litellm_config_pat
             os.environ[upstream_key_env(index)] = upstream.api_key.get_secret_value()
 
 
-def http_protocol() -> type:
-    """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse in the OpenAI error shape too.
+def http_protocol(header_timeout: float) -> type:
+    """uvicorn's HTTP/1.1 protocol, answering in the OpenAI error shape what uvicorn answers itself, and closing a
+    connection whose request headers have not arrived within `header_timeout` seconds (KODIFY_BODY_TIMEOUT).
 
-    uvicorn writes that 400 itself, before any ASGI app runs (uvicorn/protocols/http/httptools_impl.py,
-    `send_400_response`); `uvicorn.Config(http=...)` takes the protocol class.
+    uvicorn writes its 400 before any ASGI app runs (uvicorn/protocols/http/httptools_impl.py, `send_400_response`),
+    and has no timer for headers that never complete (its keep-alive timer runs only between requests), so a client
+    could hold a connection forever. The body is bounded where it is read (`asgi.read_body`).
+    `uvicorn.Config(http=...)` takes the protocol class.
     """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-    from kodify_proxy.errors import InvalidRequest
+    from kodify_proxy.errors import InvalidRequest, KodifyError, RequestTimeout
 
     class OpenAIShapedProtocol(HttpToolsProtocol):
+        headers_timer: asyncio.TimerHandle | None = None
+        headers_begun = False  # bytes of a request arrived and its headers are not complete yet
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_headers_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_headers_timer()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.headers_begun = True
+            if self.headers_timer is None:  # a new connection's clock already runs from its start
+                self._arm_headers_timer()
+
+        def on_headers_complete(self) -> None:
+            self.headers_begun = False
+            self._disarm_headers_timer()
+            super().on_headers_complete()
+
         def send_400_response(self, msg: str) -> None:
-            body = InvalidRequest(f"{msg} Send a well-formed HTTP/1.1 request.", param="request").render()
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            self._send_error(InvalidRequest(f"{msg} Send a well-formed HTTP/1.1 request.", param="request"))
+
+        def _arm_headers_timer(self) -> None:
+            self.headers_timer = self.loop.call_later(header_timeout, self._headers_timed_out)
+
+        def _disarm_headers_timer(self) -> None:
+            if self.headers_timer is not None:
+                self.headers_timer.cancel()
+                self.headers_timer = None
+
+        def _headers_timed_out(self) -> None:
+            self.headers_timer = None
+            if self.transport.is_closing():
+                return
+            if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+                # A request pipelined behind a response still being written: a 408 now would cut into that
+                # response, so this request's clock starts again.
+                self._arm_headers_timer()
+            elif self.headers_begun:
+                message = f"The request headers did not arrive within {header_timeout:g} s (KODIFY_BODY_TIMEOUT); "
+                self._send_error(RequestTimeout(message + "send the whole request at once", param="request"))
+            else:  # nothing sent: close quietly, as uvicorn's keep-alive timer does (a browser's preconnect
+                # would otherwise find a 408 nobody asked for)
+                self.transport.close()
+
+        def _send_error(self, error: KodifyError) -> None:
+            body = error.render()
+            head = [STATUS_LINE[error.status_code]]
             head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
             head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
             self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
@@ -137,7 +188,7 @@ def run(rt: Runtime, host: str, port: int) -> None:
         log_level="info",
         access_log=False,
         lifespan="on",
-        http=http_protocol(),
+        http=http_protocol(rt.settings.body_timeout),
         timeout_graceful_shutdown=rt.settings.shutdown_grace,
     )
     uvicorn.Server(config).run()

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = _env(
         "KODIFY_MAX_BODY_BYTES", "a whole number >= 1024 of bytes a request body may have", 32 << 20, ge=1024
     )
+    body_timeout: float = _env(
+        "KODIFY_BODY_TIMEOUT", "seconds > 0 a client may take to send a request's headers, then its body", 30.0, gt=0
+    )
     shutdown_grace: int = _env(
         "KODIFY_SHUTDOWN_GRACE", "whole seconds >= 0 requests in flight may take to finish after SIGTERM", 30, ge=0
     )

@@ -17,6 +17,7 @@ TABLE = {
     errors.RouteNotFound: (404, "not_found_error", "route_not_found"),
     errors.ModelNotFound: (404, "not_found_error", "model_not_found"),
     errors.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
+    errors.RequestTimeout: (408, "timeout_error", "request_timeout"),
     errors.PayloadTooLarge: (413, "invalid_request_error", "413"),
     errors.UnsupportedMediaType: (400, "invalid_request_error", "unsupported_media_type"),
     errors.InternalError: (500, "internal_server_error", "500"),
@@ -75,6 +76,7 @@ def test_someone_elses_error_keeps_its_status_with_our_type(status: int, kind: s
 def test_a_param_is_a_string_or_null_and_headers_ride_along() -> None:
     assert json.loads(errors.InvalidRequest("x").render())["error"]["param"] is None
     assert errors.MethodNotAllowed("x", headers={"allow": "POST"}).headers == {"allow": "POST"}
+    assert errors.RequestTimeout("x").headers == {"connection": "close"}  # uvicorn then closes the socket
 
 
 def test_litellm_gets_the_same_error() -> None:
