@@ -1,5 +1,5 @@
-"""The OpenAI routes: completions in the autocompletion lane (or through LiteLLM, KODIFY_COMPLETIONS_LANE=litellm),
-chat and embeddings through LiteLLM, the model list from what the upstreams themselves say."""
+"""The OpenAI routes: completions, chat and embeddings in the lane, straight to vLLM (or through LiteLLM:
+KODIFY_COMPLETIONS_LANE=litellm, KODIFY_CHAT_LANE=litellm), the model list from what the upstreams themselves say."""
 
 from __future__ import annotations
 
@@ -11,39 +11,63 @@ import orjson
 
 from kodify_proxy import fim, fim_post
 from kodify_proxy.call import Call
+from kodify_proxy.errors import InvalidRequest
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.fim_stream import SseCutter
 from kodify_proxy.lane.relay import StreamPlan, relay_stream, rewrite_choices
-from kodify_proxy.lane.routing import prompt_key
+from kodify_proxy.lane.routing import conversation_key, prompt_key
 from kodify_proxy.lane.upstream import UpstreamRequest
 from kodify_proxy.litellm_path import ResponseShaper, forward
 from kodify_proxy.monitor import UpstreamMonitor
-from kodify_proxy.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields, validate
+from kodify_proxy.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    LaneFields,
+    SamplingFields,
+    lane_fields,
+    validate,
+)
 from kodify_proxy.runtime import Runtime
 from kodify_proxy.tabby import routes as tabby_routes
 
 
-def note_request(exchange: Exchange, request: SamplingFields) -> None:
+def note_request(exchange: Exchange, request: SamplingFields | LaneFields) -> None:
     """What the journal and metrics keep of a generation request."""
     exchange.model, exchange.n, exchange.stream = request.model, request.n, bool(request.stream)
 
 
 async def chat(rt: Runtime, call: Call) -> None:
-    """POST /v1/chat/completions: checked here, served by LiteLLM's router."""
-    request = validate(ChatCompletionRequest, call.data or {}, rt.settings.max_n)
-    note_request(call.exchange, request)
-    rt.monitor.check_model(request.model)
-    assert rt.litellm is not None
-    await forward(rt.litellm, call, ResponseShaper(call, rt.monitor, request.model))
+    """POST /v1/chat/completions: in the lane, straight to vLLM (or through LiteLLM, KODIFY_CHAT_LANE=litellm)."""
+    data = call.data or {}
+    if rt.settings.chat_lane == "litellm":
+        request = validate(ChatCompletionRequest, data, rt.settings.max_n)
+        note_request(call.exchange, request)
+        rt.monitor.check_model(request.model)
+        assert rt.litellm is not None
+        await forward(rt.litellm, call, ResponseShaper(call, rt.monitor, request.model))
+        return
+    fields = lane_fields(data, rt.settings.max_n)
+    note_request(call.exchange, fields)
+    rt.monitor.check_model(fields.model)
+    key = conversation_key(call.identity.user_id, data.get("messages"))
+    await call.until_disconnect(_direct(rt, call, "/chat/completions", fields, key))
 
 
 async def embeddings(rt: Runtime, call: Call) -> None:
-    """POST /v1/embeddings: checked here, served by LiteLLM's router."""
-    request = validate(EmbeddingRequest, call.data or {})
-    call.exchange.model = request.model
-    rt.monitor.check_model(request.model)
-    assert rt.litellm is not None
-    await forward(rt.litellm, call, ResponseShaper(call, rt.monitor, request.model))
+    """POST /v1/embeddings: in the lane, straight to vLLM (or through LiteLLM, KODIFY_CHAT_LANE=litellm)."""
+    data = call.data or {}
+    if rt.settings.chat_lane == "litellm":
+        request = validate(EmbeddingRequest, data)
+        call.exchange.model = request.model
+        rt.monitor.check_model(request.model)
+        assert rt.litellm is not None
+        await forward(rt.litellm, call, ResponseShaper(call, rt.monitor, request.model))
+        return
+    fields = lane_fields(data)
+    call.exchange.model = fields.model
+    rt.monitor.check_model(fields.model)
+    await call.until_disconnect(_direct(rt, call, "/embeddings", fields, None))
 
 
 async def completions(rt: Runtime, call: Call) -> None:
@@ -52,15 +76,32 @@ async def completions(rt: Runtime, call: Call) -> None:
     if tabby_routes.is_tabby_body(data):
         await tabby_routes.completions(rt, call)
         return
-    request = validate(CompletionRequest, data, rt.settings.max_n)
-    note_request(call.exchange, request)
-    rt.monitor.check_model(request.model)
-    config = rt.preprocessing
-    rewrite = fim.rewrite_completion(request, data, config) if config is not None else None
     if rt.settings.completions_lane == "litellm":
-        await _through_litellm(rt, call, request, rewrite)
-    else:
-        await call.until_disconnect(_direct(rt, call, request, rewrite))
+        request = validate(CompletionRequest, data, rt.settings.max_n)
+        note_request(call.exchange, request)
+        rt.monitor.check_model(request.model)
+        await _through_litellm(rt, call, request, _fim_rewrite(rt, data))
+        return
+    fields = lane_fields(data, rt.settings.max_n)
+    note_request(call.exchange, fields)
+    rt.monitor.check_model(fields.model)
+    rewrite = _fim_rewrite(rt, data)
+    body = rewrite.body if rewrite is not None else data
+    key = prompt_key(call.identity.user_id, body.get("prompt"))
+    await call.until_disconnect(_direct(rt, call, "/completions", fields, key, rewrite))
+
+
+def _fim_rewrite(rt: Runtime, data: dict[str, Any]) -> fim.FimRewrite | None:
+    """The FIM rebuild of an OpenAI completion, with a preprocessing config; a body that is not a valid completion
+    is not rebuilt: in the lane vLLM answers it in its own words, through LiteLLM the typed check already did."""
+    config = rt.preprocessing
+    if config is None:
+        return None
+    try:
+        request = validate(CompletionRequest, data, rt.settings.max_n)
+    except InvalidRequest:
+        return None
+    return fim.rewrite_completion(request, data, config)
 
 
 def _postprocessor(rt: Runtime, rewrite: fim.FimRewrite | None) -> Any:
@@ -76,23 +117,22 @@ def _cutter(rt: Runtime, rewrite: fim.FimRewrite | None) -> SseCutter | None:
     return SseCutter(partial(fim_post.build_stream_cut, rewrite.built.post, rt.preprocessing))
 
 
-async def _direct(rt: Runtime, call: Call, request: CompletionRequest, rewrite: fim.FimRewrite | None) -> None:
+async def _direct(
+    rt: Runtime, call: Call, path: str, fields: LaneFields, key: str | None, rewrite: fim.FimRewrite | None = None
+) -> None:
+    """One request of the lane: the client's body (or its FIM rebuild) to vLLM, vLLM's answer back as it came."""
     data: dict[str, Any] = rewrite.body if rewrite is not None else (call.data or {})
-    asked_usage = request.stream_options is not None and request.stream_options.include_usage is True
-    add_usage = bool(request.stream) and not asked_usage  # tokens for the journal; the chunk is dropped again
-    if add_usage:
-        data = {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
+    options = fields.stream_options(data)  # the usage chunk the journal needs, when the client did not ask for it
+    if options is not None:
+        data = {**data, "stream_options": options}
     body = call.body if data is call.data else orjson.dumps(data)
-    key = prompt_key(call.identity.user_id, data.get("prompt"))
-    upstream = UpstreamRequest(request.model, "/completions", body, bool(request.stream), key, call.request_id)
-    if upstream.stream:
-        opened = await rt.lane.open(upstream)
-        call.exchange.upstream = opened.upstream.url
-        plan = StreamPlan(call.exchange, drop_usage=add_usage, cutter=_cutter(rt, rewrite))
+    opened = await rt.lane.open(UpstreamRequest(fields.model, path, body, fields.stream, key, call.request_id))
+    call.exchange.upstream = opened.upstream.url
+    if opened.streams():  # vLLM's answer says whether it streams: it reads `stream` as it sees fit ("yes", 1)
+        plan = StreamPlan(call.exchange, drop_usage=options is not None, cutter=_cutter(rt, rewrite))
         await relay_stream(call, opened, plan, rt.monitor, rt.settings.stream_idle_timeout)
         return
-    served, answer = await rt.lane.read(upstream)
-    call.exchange.upstream = served.url
+    answer = await rt.lane.whole(opened)
     await call.reply(200, rewrite_choices(answer, call.exchange, _postprocessor(rt, rewrite)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -19,6 +20,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,15 +39,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
 
+N_RANGE: Final = "n={n} is out of range: this server allows 1 to {max_n} choices per request (MAX_N={max_n})"
+
+
 def _within_max_n(value: int | None, info: ValidationInfo) -> int | None:
     max_n = int((info.context or {}).get("max_n", 0))
     if value is None or not max_n or 1 <= value <= max_n:
         return value
-    raise PydanticCustomError(
-        "kodify_n_range",
-        "n={n} is out of range: this server allows 1 to {max_n} choices per request (MAX_N={max_n})",
-        {"n": value, "max_n": max_n},
-    )
+    raise PydanticCustomError("kodify_n_range", N_RANGE, {"n": value, "max_n": max_n})
 
 
 class StreamOptions(_Body):
@@ -186,3 +187,52 @@ def validate(model: type[Model], data: dict[str, Any], max_n: int = 0, what: str
         return model.model_validate(data, context={"max_n": max_n})
     except ValidationError as exc:
         raise invalid_request(exc, what, hint) from None
+
+
+@dataclass(frozen=True)
+class LaneFields:
+    """What the lane itself needs of an OpenAI body; everything else is vLLM's to validate, in its own words."""
+
+    model: str
+    n: int | None
+    stream: bool
+    asked_usage: bool  # stream_options.include_usage is true: the usage chunk is the client's
+
+    def stream_options(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The stream_options to send when the lane asks vLLM for a usage chunk the client did not ask for (None:
+        send the client's own). Only the last chunk's usage: continuous_usage_stats would put it in every chunk."""
+        if not self.stream or self.asked_usage:
+            return None
+        given = data.get("stream_options")
+        return {**(given if isinstance(given, dict) else {}), "include_usage": True, "continuous_usage_stats": False}
+
+
+def lane_fields(data: dict[str, Any], max_n: int = 0) -> LaneFields:
+    """The fields the lane routes and counts by; InvalidRequest only for what is ours to refuse (model, MAX_N)."""
+    model = data.get("model")
+    if not isinstance(model, str):
+        given = "" if model is None else f", got {model!r:.80}"
+        raise InvalidRequest(
+            f"Invalid value for 'model': send the name of a served model (GET /v1/models){given}", param="model"
+        )
+    n = data.get("n")
+    # vLLM reads "11" as 11, and orjson reads a number beyond 64 bits as a float: MAX_N must see them as numbers.
+    n = int(n) if isinstance(n, float) and n.is_integer() else _lax(_INT, n)
+    if n is not None and max_n and not 1 <= n <= max_n:
+        raise InvalidRequest(N_RANGE.format(n=n, max_n=max_n), param="n")
+    options = data.get("stream_options")
+    asked = isinstance(options, dict) and _lax(_BOOL, options.get("include_usage")) is True
+    return LaneFields(model, n, _lax(_BOOL, data.get("stream")) is True, asked)
+
+
+_BOOL: Final = TypeAdapter(bool)
+_INT: Final = TypeAdapter(int)
+T = TypeVar("T")
+
+
+def _lax(adapter: TypeAdapter[T], value: Any) -> T | None:
+    """`value` as vLLM's (lax) pydantic models read it ("yes" is true, "2" is 2), None when they would refuse it."""
+    try:
+        return None if value is None else adapter.validate_python(value)
+    except ValidationError:
+        return None

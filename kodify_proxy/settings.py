@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "direct (our lane straight to vLLM) or litellm (through LiteLLM's pipeline)",
         "direct",
     )
+    chat_lane: Annotated[Literal["direct", "litellm"], BeforeValidator(empty_to_default("direct"))] = _env(
+        "KODIFY_CHAT_LANE",
+        "direct (chat and embeddings in our lane straight to vLLM) or litellm (through LiteLLM's pipeline)",
+        "direct",
+    )
     cache_affinity: Flag = _env(
         "KODIFY_CACHE_AFFINITY",
         "a boolean: true sends one file's completions to one upstream, false spreads them",

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import uvicorn
+from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -49,10 +50,63 @@ def _usage() -> dict[str, int]:
     return {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
 
+class _Sampling(BaseModel):
+    """The fields vLLM's own (lax) pydantic models check before anything runs, with vLLM's bounds."""
+
+    model: str | None = None
+    n: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stream: bool | None = None
+    stream_options: dict[str, bool | None] | None = None
+    stop: str | list[str] | None = None
+
+
+class _Chat(_Sampling):
+    messages: list[dict[str, Any]]
+
+
+class _Completion(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class _Embedding(BaseModel):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+_SHAPES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": _Chat,
+    "/v1/completions": _Completion,
+    "/v1/embeddings": _Embedding,
+}
+
+
+def _vllm_refusal(exc: ValidationError) -> JSONResponse:
+    """A validation error as vLLM's server words it (vllm/entrypoints/openai: 'N validation errors', body.<field>)."""
+    found = exc.errors(include_url=False)
+    lines = ["  " + str({"type": e["type"], "loc": f"body.{e['loc'][0]}", "msg": e["msg"]}) for e in found]
+    message = f"{len(found)} validation error{'s' if len(found) > 1 else ''}:\n" + "\n".join(lines)
+    param = f"body.{found[0]['loc'][0]}"  # vLLM names the field, not the union member that failed
+    error = {"message": message, "type": "Bad Request", "param": param, "code": 400}
+    return JSONResponse({"error": error}, status_code=400)
+
+
 async def _prelude(request: Request) -> tuple[dict[str, Any], Response | None]:
     body = await request.json()
     _state["last"] = body
     _state["texts"].append(_text_of(body))
+    try:
+        checked = _SHAPES[request.url.path].model_validate(body)
+    except ValidationError as exc:
+        return body, _vllm_refusal(exc)
+    body = {**body, **checked.model_dump(exclude_unset=True)}  # read as vLLM reads them: "2" is 2, "yes" is true
+    if body.get("messages") == []:
+        message = "Cannot apply chat template to an empty conversation. Provide at least one message."
+        error = {"message": message, "type": "BadRequestError", "param": None, "code": 400}
+        return body, JSONResponse({"error": error}, status_code=400)
     if body.get("model") not in _state["models"]:
         error = {
             "message": f"The model `{body.get('model')}` does not exist.",

@@ -230,9 +230,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory, upstream: Server, database
         "DB_URL": f"sqlite:///{tmp / 'sqlite' / 'users.db'}",
     }
     metadata_file = tmp / "metadata.jsonl"
-    recorder = {
+    recorder = {  # LiteLLM's own callbacks see chat only on its path: these two servers keep chat there
         "LITELLM_WORKER_STARTUP_HOOKS": "tests.test_auth:install_metadata_recorder",
         "KODIFY_TEST_METADATA_FILE": str(metadata_file),
+        "KODIFY_CHAT_LANE": "litellm",
     }
     started = [
         kodify_proxy(tmp, config, {"VLLM_API_KEY": SHARED}, name="shared"),

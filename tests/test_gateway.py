@@ -98,7 +98,7 @@ def test_auth_comes_before_the_body(tmp_path: Path) -> None:
 
 
 def test_a_chat_reaches_litellm_with_our_identity_and_request_id(tmp_path: Path) -> None:
-    app, litellm = gateway(tmp_path)
+    app, litellm = gateway(tmp_path, KODIFY_CHAT_LANE="litellm")
     response = call(app, "POST", "/v1/chat/completions", headers=bearer(TOKEN), json=CHAT)
     assert response.json() == {"served_by": "litellm"}
     (scope,) = litellm.seen

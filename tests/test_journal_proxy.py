@@ -118,7 +118,7 @@ def test_a_chat_completion_row(journaled: tuple[Server, str], upstream: Server) 
     assert 0 < row["latency_ms"] < 30_000
 
 
-def test_a_stream_from_the_openai_sdk_is_one_assembled_row(journaled: tuple[Server, str]) -> None:
+def test_a_stream_from_the_openai_sdk_is_one_row_with_vllms_events(journaled: tuple[Server, str]) -> None:
     proxy, url = journaled
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=TOKEN)
     raw = client.chat.completions.with_raw_response.create(
@@ -130,9 +130,12 @@ def test_a_stream_from_the_openai_sdk_is_one_assembled_row(journaled: tuple[Serv
     assert (row["status"], row["stream"], row["error_type"]) == (200, True, None)
     assert 0 < row["ttft_ms"] <= row["latency_ms"]
     assert row["completion_tokens"] is not None and row["prompt_tokens"] is not None
-    assembled = json.loads(row["response_body"])
-    assert assembled["object"] == "chat.completion"
-    assert assembled["choices"][0]["message"]["content"] == "Hello world"
+    # The chat lane stores the stream as the client got it (vLLM's events), as it does for completions.
+    events = [line[len("data: ") :] for line in row["response_body"].splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello world"
+    assert all(c["choices"] for c in chunks)  # the usage chunk the lane asked for is not the client's
 
 
 @pytest.mark.parametrize(
@@ -297,7 +300,7 @@ def test_every_api_request_is_journaled_and_health_probes_are_not(journaled: tup
 def test_the_proxy_said_where_the_journal_goes(journaled: tuple[Server, str]) -> None:
     proxy, _ = journaled
     log = proxy.log_text()
-    assert "Journal schema is at revision 0002" in log
+    assert "Journal schema is at revision 0003" in log
     assert "Journal on: postgresql+psycopg://postgres@127.0.0.1:5432/" in log
     assert "Journal database unavailable" not in log
 

@@ -156,7 +156,6 @@ def test_a_request_uvicorn_cannot_parse_gets_our_400(guarded: Server) -> None:
         ("/v1/completions", {"model": "fake-model", "prompt": "x", "temperature": 1e999}, "temperature"),
         ("/v1/chat/completions", {**CHAT, "temperature": float("nan")}, "temperature"),
         ("/v1/chat/completions", {**CHAT, "n": 10**30}, "n"),
-        ("/v1/completions", {"model": "fake-model", "prompt": "x", "seed": 2**64}, "seed"),
         # A field nobody validates (LiteLLM's route): no JSON encoder could send it on (hypothesis found it).
         ("/v1/embeddings", {"model": "fake-embed", "input": ["a"], "choice_index": float("inf")}, "choice_index"),
         ("/v1/chat/completions", {**CHAT, "metadata": {"a": [1, float("nan")]}}, "metadata"),

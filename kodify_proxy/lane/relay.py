@@ -14,7 +14,7 @@ import orjson
 from kodify_proxy.call import Call
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
 from kodify_proxy.exchange import Exchange, whole_number
-from kodify_proxy.fim_stream import DONE, EventFramer, SseCutter, data_of, event_of
+from kodify_proxy.fim_stream import DONE, EVENT_END, EventFramer, SseCutter, data_of
 from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
 
@@ -42,13 +42,14 @@ class StreamPlan:
     When the client did not ask for usage, the lane asks vLLM for it anyway (the journal and the metrics count
     tokens) and gives the client the stream vLLM would have sent without it: vLLM then moves
     `system_fingerprint` from each choice's finishing chunk to the usage chunk, so finishing chunks wait for the
-    usage chunk (the next event, for n = 1), get the fingerprint back, and the usage chunk is dropped.
+    usage chunk (the next event, for n = 1), get the fingerprint back, and the usage chunk is dropped. The held
+    chunks are vLLM's own bytes, the fingerprint spliced in where vLLM puts it (last).
     """
 
     exchange: Exchange
     drop_usage: bool = False  # the usage chunk was asked for by us (for the journal), not by the client
     cutter: SseCutter | None = None  # FIM: cut each choice at its stops
-    held: list[dict[str, Any]] = field(default_factory=list)
+    held: list[bytes] = field(default_factory=list)
 
     def event(self, event: bytes) -> bytes:
         """The bytes to send for one whole event."""
@@ -59,10 +60,8 @@ class StreamPlan:
         if self.cutter is not None:
             event = self.cutter.event(event)
         if self.drop_usage and b'"finish_reason"' in event and not _UNFINISHED.search(event):
-            chunk = data_of(event)
-            if isinstance(chunk, dict):
-                self.held.append(chunk)
-                return b""
+            self.held.append(event)
+            return b""
         return event
 
     def _usage(self, event: bytes) -> bytes:
@@ -73,15 +72,22 @@ class StreamPlan:
         if not self.drop_usage:
             return event
         fingerprint = chunk.get("system_fingerprint")
-        for finished in self.held:
-            if fingerprint is not None:
-                finished.setdefault("system_fingerprint", fingerprint)
+        if fingerprint is not None:
+            self.held = [with_fingerprint(held, fingerprint) for held in self.held]
         return self.flush()
 
     def flush(self) -> bytes:
         """The finishing chunks still held (the stream ended without a usage chunk)."""
         held, self.held = self.held, []
-        return b"".join(event_of(chunk) for chunk in held)
+        return b"".join(held)
+
+
+def with_fingerprint(event: bytes, fingerprint: Any) -> bytes:
+    """A `data: {...}` event with `"system_fingerprint"` as its last field, as vLLM sends it without usage."""
+    body = event.rstrip()
+    if not body.endswith(b"}") or b'"system_fingerprint"' in body:
+        return event
+    return body[:-1] + b',"system_fingerprint":' + orjson.dumps(fingerprint) + b"}" + EVENT_END
 
 
 async def relay_stream(call: Call, opened: Opened, plan: StreamPlan, monitor: UpstreamMonitor, idle: float) -> None:

@@ -8,12 +8,14 @@ keys spread evenly. The hash is stable across processes, so several proxy replic
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Sequence
 from typing import Final
 
 PROMPT_KEY_CHARS: Final = 256  # how much of an OpenAI prompt's start names "the same file"
 PROMPT_KEY_TOKENS: Final = 64
+CONVERSATION_KEY_MESSAGES: Final = 2  # a conversation's start: its system prompt and first question
 
 
 def score(key: str, upstream: str) -> int:
@@ -47,3 +49,12 @@ def prompt_key(user: str, prompt: object) -> str | None:
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
         return f"{user}\x00" + ",".join(str(token) for token in prompt[:PROMPT_KEY_TOKENS])
     return None
+
+
+def conversation_key(user: str, messages: object) -> str | None:
+    """A chat's key: the user and the start of the conversation, which stays the same as it grows, so every turn
+    lands on the upstream whose prefix cache holds the turns before (None when there are no messages)."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    start = json.dumps(messages[:CONVERSATION_KEY_MESSAGES], sort_keys=True, default=str)
+    return f"{user}\x00chat\x00{start[: PROMPT_KEY_CHARS * 4]}"

@@ -92,6 +92,10 @@ class Opened:
     _done: Callable[[], None]
     _closed: bool = False
 
+    def streams(self) -> bool:
+        """The answer is a server-sent event stream."""
+        return self.response.content_type == "text/event-stream"
+
     def close(self) -> None:
         """Let the connection go: back to the pool when the body was read to its end, else closed."""
         if self._closed:
@@ -216,6 +220,10 @@ class Lane:
     async def read(self, request: UpstreamRequest) -> tuple[Upstream, bytes]:
         """A non-streamed call: the upstream that answered and its whole 200 body."""
         opened = await self.open(request)
+        return opened.upstream, await self.whole(opened)
+
+    async def whole(self, opened: Opened) -> bytes:
+        """The whole body of an opened 200 answer (the connection goes back to the pool)."""
         try:
             body = await opened.response.read()
         except TimeoutError:
@@ -229,4 +237,4 @@ class Lane:
         finally:
             opened.close()
         self.monitor.report_success(opened.upstream.url)
-        return opened.upstream, body
+        return body
