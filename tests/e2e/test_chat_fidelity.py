@@ -32,6 +32,8 @@ WEATHER = {
     },
 }
 
+NAMED = {"type": "function", "function": {"name": "get_weather"}}  # vLLM then decodes the arguments as JSON
+
 
 @pytest.fixture(scope="module")
 def lane(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server]:
@@ -68,7 +70,8 @@ STREAMS: dict[str, dict[str, Any]] = {
     "continuous-usage": {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
     "logprobs": {"logprobs": True, "top_logprobs": 2},
     "return-token-ids": {"return_token_ids": True},
-    "tool-call": {"tools": [WEATHER], "tool_choice": "required", "max_tokens": 40},
+    "tool-call": {"tools": [WEATHER], "tool_choice": NAMED, "max_tokens": 60},
+    "tools-required": {"tools": [WEATHER], "tool_choice": "required", "max_tokens": 40},
     "tools-offered": {"tools": [WEATHER], "tool_choice": "auto"},
 }
 
@@ -91,7 +94,7 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "plain": {},
     "prompt-logprobs": {"prompt_logprobs": 1},
     "return-token-ids": {"return_token_ids": True},
-    "tool-call": {"tools": [WEATHER], "tool_choice": "required", "max_tokens": 40},
+    "tool-call": {"tools": [WEATHER], "tool_choice": NAMED, "max_tokens": 60},
 }
 
 
