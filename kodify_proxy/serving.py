@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import secrets
+import select
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +21,13 @@ from kodify_proxy.settings import Settings
 from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from kodify_proxy.runtime import Runtime
 
 log = logging.getLogger("kodify_proxy.serving")
+DRAIN_WAIT = 1.0  # seconds an idle connection may still start a request once SIGTERM came
+ACCEPT_TURNS = 100  # at most this many 10 ms turns to accept the connections queued when SIGTERM came
 
 
 class StartupError(Exception):
@@ -113,6 +119,7 @@ def http_protocol(header_timeout: float) -> type:
     class OpenAIShapedProtocol(HttpToolsProtocol):
         headers_timer: asyncio.TimerHandle | None = None
         headers_begun = False  # bytes of a request arrived and its headers are not complete yet
+        draining = False  # the server is shutting down: serve what arrived, keep nothing alive
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -132,6 +139,22 @@ def http_protocol(header_timeout: float) -> type:
             self.headers_begun = False
             self._disarm_headers_timer()
             super().on_headers_complete()
+            if self.draining:  # SIGTERM came: this request is served, and its connection closed after it
+                self.cycle.keep_alive = False
+
+        def shutdown(self) -> None:
+            # uvicorn closes a connection between requests at once, but a client may have sent its request already:
+            # closing a socket with unread bytes resets it. Such a connection gets DRAIN_WAIT seconds to start one.
+            self.draining = True
+            if self.cycle is None or self.cycle.response_complete:
+                self.loop.call_later(DRAIN_WAIT, self._close_if_idle)
+            else:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and not self.headers_begun and not self.transport.is_closing():
+                self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             self._send_error(InvalidRequest(f"{msg} Send a well-formed HTTP/1.1 request.", param="request"))
@@ -191,4 +214,23 @@ def run(rt: Runtime, host: str, port: int) -> None:
         http=http_protocol(rt.settings.body_timeout),
         timeout_graceful_shutdown=rt.settings.shutdown_grace,
     )
-    uvicorn.Server(config).run()
+    draining_server(uvicorn.Server)(config).run()
+
+
+def draining_server(base: type[uvicorn.Server]) -> type[uvicorn.Server]:
+    """uvicorn's Server, accepting the connections the kernel already queued before it stops listening at SIGTERM.
+
+    Closing a listening socket resets every connection still in its accept queue: clients that connected before the
+    signal would get a reset instead of their answer (seen with 12 requests in flight against real vLLM).
+    """
+
+    class DrainingServer(base):  # type: ignore[misc, valid-type]
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            listening = [sock for server in self.servers for sock in server.sockets]
+            for _ in range(ACCEPT_TURNS):  # the loop accepts a readable listening socket's queue on its next turn
+                if not select.select(listening, [], [], 0)[0]:
+                    break
+                await asyncio.sleep(0.01)
+            await super().shutdown(sockets)
+
+    return DrainingServer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -69,3 +70,38 @@ def test_sigterm_lets_requests_in_flight_finish_and_journals_them(tmp_path: Path
     assert sorted(rows) == sorted([("/v1/chat/completions", 200)] * 6 + [("/v1/completions", 200)] * 6)
     log = proxy.log_text()
     assert "Journal flushed: 12 rows stored this run" in log and "Traceback" not in log
+
+
+def test_connections_open_before_sigterm_are_served_not_reset(tmp_path: Path, upstream: Server) -> None:
+    """A client that connected before the signal but had not sent its request yet (or whose request the server had
+    not read yet) gets its answer, on a connection then closed: closing it at once would reset it."""
+    proxy = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), name="drain").start()
+    body = b'{"model": "fake-model", "prompt": "drain"}'
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    clients = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10) for _ in range(3)]
+    time.sleep(0.2)  # accepted by the server, idle
+    assert proxy.process is not None
+    os.kill(proxy.process.pid, signal.SIGTERM)
+    time.sleep(0.3)  # the server is shutting down now: no new connections
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(proxy.url + "/health", timeout=2)
+    answers = []
+    for client in clients:
+        client.sendall(request)
+        answers.append(read_until_closed(client))
+    for answer in answers:
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), answer
+        assert b'"text"' in rest
+    assert proxy.wait_exit(30) in (0, -signal.SIGTERM)
+
+
+def read_until_closed(client: socket.socket) -> bytes:
+    chunks = []
+    while chunk := client.recv(65536):
+        chunks.append(chunk)
+    client.close()
+    return b"".join(chunks)
