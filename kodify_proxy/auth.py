@@ -23,7 +23,7 @@ from fastapi import HTTPException, Request
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from sqlalchemy.exc import SQLAlchemyError
 
-from kodify_proxy.errors import Unauthorized, UpstreamUnavailable
+from kodify_proxy.errors import StartupError, Unauthorized, UpstreamUnavailable
 from kodify_proxy.settings import Settings
 from kodify_proxy.users import UserDatabaseError, UserRecord, UserStore, hash_token, is_token_shaped
 
@@ -189,8 +189,6 @@ def start(settings: Settings) -> TokenVerifier | None:
 
 
 def _open_verifier(settings: Settings) -> TokenVerifier:
-    from kodify_proxy.serving import StartupError
-
     assert settings.db_url is not None  # settings._cross_check guarantees it in DB mode
     store = UserStore.from_settings_values(
         settings.db_url.get_secret_value(), settings.users_table, settings.auth_db_timeout

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from kodify_proxy import logs
+from kodify_proxy.errors import StartupError
 from kodify_proxy.journal.commands import add_journal_parsers
 from kodify_proxy.preprocess import load_configured
 from kodify_proxy.settings import Settings, SettingsError, load_settings
@@ -99,13 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except Exception as exc:
-        from kodify_proxy.serving import StartupError
-
-        if isinstance(exc, StartupError):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_STARTUP
-        raise
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
 
 
 if __name__ == "__main__":

@@ -217,3 +217,7 @@ def describe_validation(exc: ValidationError, *, first_only: bool = False) -> st
     config, spool lines). Client requests use protocol.invalid_request, environment variables settings' own."""
     problems = exc.errors(include_url=False)[: 1 if first_only else None]
     return "; ".join(f"{'.'.join(map(str, p['loc'])) or 'top level'}: {p['msg']}" for p in problems)
+
+
+class StartupError(Exception):
+    """The server can't start; the message says why and what to do (serve exits with status 1)."""

@@ -90,6 +90,13 @@ def whole_number(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def note_usage(exchange: Exchange, usage: Any) -> None:
+    """Token counts from an OpenAI `usage` object (a lane answer's, or its stream's usage chunk)."""
+    if isinstance(usage, dict):
+        exchange.prompt_tokens = whole_number(usage.get("prompt_tokens"))
+        exchange.completion_tokens = whole_number(usage.get("completion_tokens"))
+
+
 def apply_log_event(
     exchange: Exchange, payload: Mapping[str, Any], success: bool, upstreams: Iterable[Upstream]
 ) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from kodify_proxy.errors import StartupError
 from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kodify_proxy.serving")
 DRAIN_WAIT = 1.0  # seconds an idle connection may still start a request once SIGTERM came
 ACCEPT_TURNS = 100  # at most this many 10 ms turns to accept the connections queued when SIGTERM came
-
-
-class StartupError(Exception):
-    """The server can't start; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from kodify_proxy.errors import StartupError
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.service import open_journal
-from kodify_proxy.serving import StartupError
 from kodify_proxy.settings import load_settings
 from tests.journal_support import fresh_database, journal_rows
 

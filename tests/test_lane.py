@@ -180,16 +180,16 @@ def test_a_client_that_leaves_closes_the_upstream_request(
     assert time.monotonic() - started < 2.5
 
 
-def test_a_chat_stream_that_outruns_litellm_is_closed_when_its_client_leaves(lane: Server, upstream: Server) -> None:
-    """The upstream sends 50,000 chunks as fast as it can, so LiteLLM always finds the next one waiting (as with
-    vLLM's tiny model): the client's hang-up must still close the upstream request at once, not when LiteLLM has
-    worked through the backlog."""
+def test_a_chat_stream_that_outruns_the_client_is_closed_when_its_client_leaves(lane: Server, upstream: Server) -> None:
+    """The upstream sends 50,000 chunks as fast as it can, so the relay always finds the next one waiting (as with
+    vLLM's tiny model): the client's hang-up must still close the upstream request at once, not when the backlog is
+    worked through. (LiteLLM's path had this bug: docs/litellm-seams.md.)"""
 
     def left() -> int:
         return int(httpx.get(upstream.url + "/_disconnects").json())
 
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "FLOOD:50000"}], "stream": True}
-    warm = {**body, "messages": [{"role": "user", "content": "FLOOD:10"}]}  # LiteLLM's first call can take > 0.5 s
+    warm = {**body, "messages": [{"role": "user", "content": "FLOOD:10"}]}  # a first call may take > 0.5 s
     assert httpx.post(lane.url + "/v1/chat/completions", json=warm, timeout=30).status_code == 200
     before = left()
     received = abandon_sync(lane.url + "/v1/chat/completions", body, after=0.5)
@@ -229,6 +229,16 @@ def test_one_files_keystrokes_go_to_one_upstream_and_files_spread(
             pairs = [{answered(f"# file {i}\n{head}x = {k}") for k in range(2)} for i in range(30)]
             assert all(len(both) == 1 for both in pairs)  # the prompt's start picks the upstream
             assert len(set().union(*pairs)) == 2
+
+            def turn(conversation: int, turns: int) -> str:
+                messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{conversation}"}]
+                for t in range(turns):
+                    messages += [{"role": "assistant", "content": "a"}, {"role": "user", "content": f"more {t}"}]
+                return served_by(client.post("/v1/chat/completions", json={"model": SHARED, "messages": messages}))
+
+            conversations = [{turn(i, turns) for turns in range(4)} for i in range(30)]
+            assert all(len(turns) == 1 for turns in conversations)  # a conversation's turns stay on one upstream
+            assert len(set().union(*conversations)) == 2  # conversations spread
     finally:
         proxy.stop()
 
@@ -262,7 +272,9 @@ def test_a_refused_connection_fails_over_at_once_and_none_left_is_503(
     second.stop()
     try:
         statuses = [post(lane, "/v1/completions", {"model": SHARED, "prompt": f"p{i}"}).status_code for i in range(10)]
-        assert statuses == [200] * 10
+        chats = [{"model": SHARED, "messages": [{"role": "user", "content": f"c{i}"}]} for i in range(10)]
+        statuses += [post(lane, "/v1/chat/completions", chat).status_code for chat in chats]
+        assert statuses == [200] * 20
         first.stop()
         eventually(lambda: post(lane, "/v1/completions", {"model": SHARED, "prompt": "x"}).status_code == 503)
         error = post(lane, "/v1/completions", {"model": SHARED, "prompt": "x"}).json()["error"]

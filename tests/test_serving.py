@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kodify_proxy.serving import StartupError, ensure_master_key, export_environment, prepare, write_litellm_config
+from kodify_proxy.errors import StartupError
+from kodify_proxy.serving import ensure_master_key, export_environment, prepare, write_litellm_config
 from kodify_proxy.settings import load_settings
 from kodify_proxy.upstreams import parse_config
 from tests.servers import Server, free_port

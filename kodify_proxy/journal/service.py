@@ -8,6 +8,7 @@ import threading
 from sqlalchemy import URL
 
 from kodify_proxy.database import DatabaseUrlError, render_url
+from kodify_proxy.errors import StartupError
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.database import journal_engine, journal_url, spool_dir
 from kodify_proxy.journal.migrate import MigrationError, upgrade
@@ -67,8 +68,6 @@ def build_journal(settings: Settings, url: URL) -> Journal:
 
 def open_journal(settings: Settings) -> Journal | None:
     """None when LOGS is off; else the journal, after `upgrade head` when RUN_MIGRATIONS=1."""
-    from kodify_proxy.serving import StartupError
-
     if not settings.logs:
         return None
     try:

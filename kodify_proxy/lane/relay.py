@@ -13,7 +13,7 @@ import orjson
 
 from kodify_proxy.call import Call
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
-from kodify_proxy.exchange import Exchange, whole_number
+from kodify_proxy.exchange import Exchange, note_usage
 from kodify_proxy.fim_stream import DONE, EVENT_END, EventFramer, SseCutter, data_of
 from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
@@ -21,13 +21,6 @@ from kodify_proxy.monitor import UpstreamMonitor
 EVENT_STREAM: Final = b"text/event-stream; charset=utf-8"  # what vLLM sends
 _USAGE_CHUNK: Final = re.compile(rb'"choices":\s*\[\]')  # vLLM's last chunk with include_usage
 _UNFINISHED: Final = re.compile(rb'"finish_reason":\s*null')
-
-
-def note_usage(exchange: Exchange, usage: Any) -> None:
-    """Token counts from an OpenAI `usage` object."""
-    if isinstance(usage, dict):
-        exchange.prompt_tokens = whole_number(usage.get("prompt_tokens"))
-        exchange.completion_tokens = whole_number(usage.get("completion_tokens"))
 
 
 def error_event(error: KodifyError) -> bytes:

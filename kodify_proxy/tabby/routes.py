@@ -10,7 +10,7 @@ import orjson
 
 from kodify_proxy.call import Call
 from kodify_proxy.errors import UpstreamFailed
-from kodify_proxy.lane.relay import note_usage
+from kodify_proxy.exchange import note_usage
 from kodify_proxy.lane.routing import tabby_key
 from kodify_proxy.lane.upstream import UpstreamRequest
 from kodify_proxy.litellm_path import ResponseShaper, forward
