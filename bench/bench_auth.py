@@ -28,8 +28,9 @@ import httpx
 from sqlalchemy import create_engine, text
 from starlette.requests import Request
 
-from kodify_proxy.auth import IDENTITY_SCOPE_KEY, Authenticator, Identity, TokenVerifier, user_api_key_auth
+from kodify_proxy.auth import IDENTITY_SCOPE_KEY, Authenticator, Identity, TokenVerifier
 from kodify_proxy.database import parse_url
+from kodify_proxy.hooks import user_api_key_auth
 from kodify_proxy.settings import load_settings
 from kodify_proxy.users import UserStore
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml

@@ -1,9 +1,9 @@
-"""Auth: the guide's three modes (dummy, one shared token, per-user DB tokens), the token cache, LiteLLM's hook.
+"""Auth: the guide's three modes (dummy, one shared token, per-user DB tokens) and the token cache.
 
 The gateway authenticates every client request first (`Authenticator.client`) and leaves the identity in the ASGI
-scope; LiteLLM's custom_auth (`user_api_key_auth`) only hands it on. Anything else LiteLLM sees (the master key on
-its admin routes) goes to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`,
-litellm_enterprise/proxy/auth/user_api_key_auth.py).
+scope; LiteLLM's custom_auth (`hooks.user_api_key_auth`) only hands it on. Anything else LiteLLM sees (the master
+key on its admin routes) goes to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`,
+litellm_enterprise/proxy/auth/user_api_key_auth.py). Nothing here imports LiteLLM or FastAPI.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from fastapi import HTTPException, Request
-from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from sqlalchemy.exc import SQLAlchemyError
 
 from kodify_proxy.errors import StartupError, Unauthorized, UpstreamUnavailable
@@ -306,26 +304,3 @@ class Authenticator:
             return _check_shared(token, self._shared)
         assert self.verifier is not None
         return await _check_user(self.verifier, token)
-
-
-def to_litellm_user(identity: Identity) -> UserAPIKeyAuth:
-    """A new UserAPIKeyAuth per request (LiteLLM mutates the one we return); api_key is a hash, never the token."""
-    return UserAPIKeyAuth(
-        api_key=identity.key_hash,
-        user_id=identity.user_id,
-        key_alias=identity.key_alias,
-        user_role=LitellmUserRoles.INTERNAL_USER,
-        allowed_routes=["llm_api_routes"],
-    )
-
-
-async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
-    """LiteLLM's custom_auth: the identity our gateway established for this request (parameter names are fixed).
-
-    Without one (the master key, or LiteLLM's own virtual keys on its admin routes) it raises HTTPException, which
-    hands the request to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`).
-    """
-    identity = request.scope.get(IDENTITY_SCOPE_KEY)
-    if isinstance(identity, Identity) and not identity.master:
-        return to_litellm_user(identity)
-    raise HTTPException(status_code=401, detail="not a client request: LiteLLM's own auth decides")

@@ -1,6 +1,7 @@
 """One error tree for kodify-proxy and the only place that knows the OpenAI error shape.
 
-Every failure a client sees is a `KodifyError` subclass carrying its HTTP status, OpenAI `type` and `code`.
+Every failure a client sees is a `KodifyError` subclass carrying its HTTP status and `code`; the OpenAI `type`
+follows from the status (`TYPE_BY_STATUS`).
 `to_body` is the shape, `render` its bytes for our ASGI layer, `to_proxy_exception` the same for LiteLLM.
 """
 
@@ -43,7 +44,6 @@ class KodifyError(Exception):
     """A problem reported to a client: the HTTP status, OpenAI error type, param, code and message."""
 
     status_code: int = 500
-    error_type: str = "internal_server_error"
     error_code: ClassVar[str | None] = None  # the body's `code`; None: the status as a string
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -51,6 +51,11 @@ class KodifyError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+
+    @property
+    def error_type(self) -> str:
+        """The body's `type`, from the status (TYPE_BY_STATUS): one table, not one copy per class."""
+        return type_for_status(self.status_code)
 
     @property
     def code(self) -> str:
@@ -70,14 +75,12 @@ class InvalidRequest(KodifyError):
     """The request body is malformed or a field has a wrong value (400)."""
 
     status_code = 400
-    error_type = "invalid_request_error"
 
 
 class Unauthorized(KodifyError):
     """No token, a malformed one, or one nobody holds (401)."""
 
     status_code = 401
-    error_type = "auth_error"
     error_code = "invalid_api_key"
 
 
@@ -85,14 +88,12 @@ class Forbidden(KodifyError):
     """The token is valid but may not do this (403)."""
 
     status_code = 403
-    error_type = "permission_error"
 
 
 class RouteNotFound(KodifyError):
     """No such route on this server (404)."""
 
     status_code = 404
-    error_type = "not_found_error"
     error_code = "route_not_found"
 
 
@@ -100,7 +101,6 @@ class ModelNotFound(KodifyError):
     """The requested model is served by no upstream (404)."""
 
     status_code = 404
-    error_type = "not_found_error"
     error_code = "model_not_found"
 
 
@@ -108,7 +108,6 @@ class MethodNotAllowed(KodifyError):
     """The route exists, but not for this HTTP method (405)."""
 
     status_code = 405
-    error_type = "invalid_request_error"
     error_code = "method_not_allowed"
 
 
@@ -116,7 +115,6 @@ class RequestTimeout(KodifyError):
     """The request's headers or body did not arrive within KODIFY_BODY_TIMEOUT (408); the connection is closed."""
 
     status_code = 408
-    error_type = "timeout_error"
     error_code = "request_timeout"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
@@ -128,14 +126,12 @@ class PayloadTooLarge(KodifyError):
     """The request body is larger than KODIFY_MAX_BODY_BYTES (413)."""
 
     status_code = 413
-    error_type = "invalid_request_error"
 
 
 class UnsupportedMediaType(KodifyError):
     """The request body is not sent as JSON (400, as vLLM answers it, with its own code)."""
 
     status_code = 400
-    error_type = "invalid_request_error"
     error_code = "unsupported_media_type"
 
 
@@ -143,28 +139,24 @@ class InternalError(KodifyError):
     """A bug of ours: the message says where to look, never what the traceback says (500)."""
 
     status_code = 500
-    error_type = "internal_server_error"
 
 
 class UpstreamFailed(KodifyError):
     """An upstream answered with a broken response, a 5xx, or refused the connection (502)."""
 
     status_code = 502
-    error_type = "upstream_error"
 
 
 class UpstreamUnavailable(KodifyError):
     """No upstream serving the model is reachable right now, or a database we need is down (503)."""
 
     status_code = 503
-    error_type = "service_unavailable"
 
 
 class UiUnavailable(KodifyError):
     """LiteLLM's admin UI cannot sign anyone in: it has no database of its own (DATABASE_URL)."""
 
     status_code = 503
-    error_type = "service_unavailable"
     error_code = "ui_needs_database"
 
 
@@ -172,7 +164,6 @@ class UpstreamTimeout(KodifyError):
     """The upstream did not answer within the request timeout, or a stream went silent (504)."""
 
     status_code = 504
-    error_type = "timeout_error"
 
 
 class UpstreamRejected(KodifyError):
@@ -180,7 +171,6 @@ class UpstreamRejected(KodifyError):
 
     def __init__(self, message: str, *, status_code: int, param: str | None = None) -> None:
         self.status_code = status_code
-        self.error_type = type_for_status(status_code)
         super().__init__(message, param=param)
 
 

@@ -1,4 +1,7 @@
-"""The LiteLLM callback (`litellm_settings.callbacks: ["kodify_proxy.hooks.proxy_handler"]`).
+"""What LiteLLM calls: its callback (`litellm_settings.callbacks: ["kodify_proxy.hooks.proxy_handler"]`) and its
+custom_auth (`general_settings.custom_auth: kodify_proxy.hooks.user_api_key_auth`).
+
+- Auth: the gateway has authenticated every client request; `user_api_key_auth` hands its identity to LiteLLM.
 
 - Routing: LiteLLM's router asks `async_filter_deployments` which deployments may take a call. We keep those whose
   upstream our monitor sees healthy and that this request has not tried yet, so a retry goes to another upstream
@@ -19,10 +22,36 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anyio
+from fastapi import HTTPException, Request
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
 from kodify_proxy import runtime
+from kodify_proxy.auth import IDENTITY_SCOPE_KEY, Identity
 from kodify_proxy.exchange import apply_log_event
+
+
+def to_litellm_user(identity: Identity) -> UserAPIKeyAuth:
+    """A new UserAPIKeyAuth per request (LiteLLM mutates the one we return); api_key is a hash, never the token."""
+    return UserAPIKeyAuth(
+        api_key=identity.key_hash,
+        user_id=identity.user_id,
+        key_alias=identity.key_alias,
+        user_role=LitellmUserRoles.INTERNAL_USER,
+        allowed_routes=["llm_api_routes"],
+    )
+
+
+async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
+    """LiteLLM's custom_auth: the identity our gateway established for this request (parameter names are fixed).
+
+    Without one (the master key, or LiteLLM's own virtual keys on its admin routes) it raises HTTPException, which
+    hands the request to LiteLLM's own auth (`custom_auth_settings: {mode: auto}`).
+    """
+    identity = request.scope.get(IDENTITY_SCOPE_KEY)
+    if isinstance(identity, Identity) and not identity.master:
+        return to_litellm_user(identity)
+    raise HTTPException(status_code=401, detail="not a client request: LiteLLM's own auth decides")
 
 
 async def close_stream(response: Any) -> None:

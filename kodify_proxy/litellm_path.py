@@ -26,8 +26,9 @@ from kodify_proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from kodify_proxy.fim_stream import EVENT_END, EventFramer, SseCutter, data_of
+from kodify_proxy.fim_stream import SseCutter
 from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.sse import EVENT_END, EventFramer, data_of
 
 # LiteLLM response headers that name an upstream (its URL, our deployment id) or repeat its raw headers.
 _HIDDEN_HEADERS: Final = frozenset({b"x-litellm-model-api-base", b"x-litellm-model-id", b"content-length"})

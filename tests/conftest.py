@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.journal_support import slow_upstream
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
 
 
@@ -20,6 +21,14 @@ def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def upstream(session_tmp: Path) -> Iterator[Server]:
     """A fake upstream serving `fake-model` and `fake-embed`."""
     server = fake_upstream(session_tmp, ("fake-model", "fake-embed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def slow(session_tmp: Path) -> Iterator[Server]:
+    """An upstream serving `slow-model`, whose streamed chat sends a chunk every 0.2 s (tests.journal_support)."""
+    server = slow_upstream(session_tmp).start()
     yield server
     server.stop()
 

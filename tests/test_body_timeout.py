@@ -19,7 +19,7 @@ from starlette.types import Message, Receive
 from kodify_proxy.asgi import read_body
 from kodify_proxy.errors import RequestTimeout
 from kodify_proxy.settings import SettingsError, load_settings
-from tests.journal_support import SLOW_MODEL, fresh_database, journal_rows, slow_upstream
+from tests.journal_support import SLOW_MODEL, fresh_database, journal_rows
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 
 TIMEOUT = 2  # KODIFY_BODY_TIMEOUT of the proxy below; below uvicorn's 5 s keep-alive, so a keep-alive test can idle
@@ -30,13 +30,6 @@ STALLED_BODY = (  # then 8 bytes of the 1000 promised
 )
 STALLED_HEADERS = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Ty"
 MODELS = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = slow_upstream(tmp_path_factory.mktemp("slow")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,13 @@ import openai
 import pytest
 import sqlalchemy as sa
 
-from tests.journal_support import SLOW_MODEL, fresh_database, journal_rows, slow_upstream
+from tests.journal_support import SLOW_MODEL, fresh_database, journal_rows
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 
 TOKEN = "sk-journal-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY_CAP = 2048
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = slow_upstream(tmp_path_factory.mktemp("slow")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_upstream_key_goes_through_the_environment_not_the_file() -> None:
 
 def test_template_wires_our_auth_callbacks_and_finite_timeouts() -> None:
     config = build_litellm_config(load_template(), [], SETTINGS)
-    assert config["general_settings"]["custom_auth"] == "kodify_proxy.auth.user_api_key_auth"
+    assert config["general_settings"]["custom_auth"] == "kodify_proxy.hooks.user_api_key_auth"
     assert config["general_settings"]["custom_auth_settings"] == {"mode": "auto"}
     assert config["general_settings"]["custom_auth_run_common_checks"] is True
     assert "kodify_proxy.hooks.proxy_handler" in config["litellm_settings"]["callbacks"]

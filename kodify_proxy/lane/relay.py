@@ -14,9 +14,10 @@ import orjson
 from kodify_proxy.call import Call
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
 from kodify_proxy.exchange import Exchange, note_usage
-from kodify_proxy.fim_stream import DONE, EVENT_END, EventFramer, SseCutter, data_of
+from kodify_proxy.fim_stream import SseCutter
 from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.sse import DONE, EVENT_END, EventFramer, data_of
 
 EVENT_STREAM: Final = b"text/event-stream; charset=utf-8"  # what vLLM sends
 _USAGE_CHUNK: Final = re.compile(rb'"choices":\s*\[\]')  # vLLM's last chunk with include_usage
