@@ -15,7 +15,12 @@ JSON = b"application/json"
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header `name` (lowercase), decoded as latin-1."""
-    for key, value in scope["headers"]:
+    return header_value(scope["headers"], name)
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header `name` (lowercase) in raw ASGI headers, decoded as latin-1."""
+    for key, value in headers:
         if key == name:
             return str(value.decode("latin-1"))
     return None

@@ -7,6 +7,7 @@ follows from the status (`TYPE_BY_STATUS`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -165,6 +166,11 @@ class UpstreamTimeout(KodifyError):
 
     status_code = 504
 
+    @classmethod
+    def no_answer(cls, upstream: str, seconds: float) -> UpstreamTimeout:
+        """The request timeout ran out (KODIFY_REQUEST_TIMEOUT, or the upstream's own `timeout`)."""
+        return cls(f"Upstream {upstream} did not answer within {seconds:g} s (KODIFY_REQUEST_TIMEOUT)")
+
 
 class UpstreamRejected(KodifyError):
     """An error someone else decided (vLLM's 4xx, LiteLLM's): its status and message, our shape."""
@@ -191,6 +197,48 @@ ERROR_CLASSES: tuple[type[KodifyError], ...] = (
     UiUnavailable,
     UpstreamTimeout,
 )
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What an error answer someone else sent says: vLLM's `{"error": {...}}`, LiteLLM's, FastAPI's `{"detail":
+    ...}`, or plain text. `found` is False for a body that names no error (a JSON answer of another shape)."""
+
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    status: int | None = None  # the body's `code`, when it is an HTTP status
+    found: bool = False
+    plain_text: bool = False  # not JSON: the message is the body's text
+
+
+def read_error_body(body: bytes | bytearray) -> ErrorBody:
+    """The one parser of error bodies, for the lane, the LiteLLM path and the journal alike."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = bytes(body[:2000]).decode("utf-8", "replace").strip()
+        return ErrorBody(message=text or None, found=bool(text), plain_text=True)
+    if not isinstance(data, dict):
+        return ErrorBody()
+    error = data.get("error")
+    if isinstance(error, str):
+        return ErrorBody(message=error, found=True)
+    if not isinstance(error, dict):
+        detail = data.get("detail")
+        return ErrorBody(message=detail, found=True) if isinstance(detail, str) else ErrorBody()
+    code = error.get("code")
+    return ErrorBody(
+        message=_text(error.get("message")),
+        type=_text(error.get("type")),
+        param=_text(error.get("param")),
+        status=int(code) if isinstance(code, int | str) and str(code).isdigit() else None,
+        found=True,
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def to_proxy_exception(error: KodifyError) -> ProxyException:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import ASGIApp, Message, Scope
 
-from kodify_proxy.asgi import JSON, replace_headers, replay
+from kodify_proxy.asgi import JSON, header_value, replace_headers, replay
 from kodify_proxy.auth import IDENTITY_SCOPE_KEY
 from kodify_proxy.call import REQUEST_ID_HEADER, Call
 from kodify_proxy.errors import (
@@ -25,6 +25,7 @@ from kodify_proxy.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    read_error_body,
 )
 from kodify_proxy.fim_stream import SseCutter
 from kodify_proxy.monitor import UpstreamMonitor
@@ -83,7 +84,7 @@ def classify(status: int, message: str, param: str | None, model: str | None, mo
     urls = _upstream_urls(model, monitor)
     if status == 408 or (status >= 500 and any(marker in message for marker in _TIMEOUT_MARKERS)):
         seconds = monitor.settings.request_timeout
-        return UpstreamTimeout(f"Upstream {urls} did not answer within {seconds:g} s (KODIFY_REQUEST_TIMEOUT)")
+        return UpstreamTimeout.no_answer(urls, seconds)
     if any(marker in message for marker in _NO_DEPLOYMENT):
         return UpstreamUnavailable(f"Every upstream serving {model!r} ({urls}) is failing; retry in a few seconds")
     if status >= 500 and any(marker in message for marker in _CONNECTION_MARKERS):
@@ -95,19 +96,8 @@ def classify(status: int, message: str, param: str | None, model: str | None, mo
 
 def error_fields(body: bytes) -> tuple[str, str | None, int | None]:
     """(message, param, code as a status) of an error body LiteLLM sent (`{"error": …}` or `{"detail": …}`)."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace").strip()[:2000], None, None
-    error = data.get("error", data.get("detail")) if isinstance(data, dict) else None
-    if isinstance(error, str):
-        return error, None, None
-    if not isinstance(error, dict):
-        return "", None, None
-    code = error.get("code")
-    status = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-    param = error.get("param") if isinstance(error.get("param"), str) else None
-    return str(error.get("message") or ""), param, status
+    read = read_error_body(body)
+    return read.message or "", read.param, read.status
 
 
 def litellm_scope(call: Call, path: str | None = None, body: bytes | None = None) -> Scope:
@@ -148,7 +138,7 @@ class ResponseShaper:
         headers = [(k, v) for k, v in message.get("headers", ()) if not _hidden(k)]
         headers = replace_headers(headers, x_litellm_call_id=self.call.request_id.encode())
         self._start = {**message, "headers": headers}
-        is_stream = _header(headers, b"content-type").startswith("text/event-stream")
+        is_stream = (header_value(headers, b"content-type") or "").startswith("text/event-stream")
         if status >= 400 or (status == 200 and self.transform is not None and not is_stream):
             self._mode = "buffer"
             return
@@ -205,10 +195,6 @@ class ResponseShaper:
 
 def _hidden(name: bytes) -> bool:
     return name in _HIDDEN_HEADERS or name.startswith(_HIDDEN_PREFIX)
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
-    return next((v.decode("latin-1") for k, v in headers if k == name), "")
 
 
 async def forward(

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from kodify_proxy.errors import read_error_body
 from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange, whole_number
 
 # How much of a response is kept to find the error type when bodies are not kept.
@@ -163,31 +164,19 @@ def clip(data: bytes | bytearray, total: int, cap: int) -> tuple[str, bool]:
     return text, total > cap
 
 
-def parse_object(data: bytes | bytearray) -> dict[str, Any] | None:
-    """A JSON object, or None for anything else (not JSON, cut short, a list)."""
-    try:
-        value = json.loads(bytes(data))
-    except ValueError:
+def _error_fields(body: bytes | bytearray) -> tuple[str, str] | None:
+    """(type, message) of a JSON error body; None for a body that names no error, or is not JSON."""
+    read = read_error_body(body)
+    if not read.found or read.plain_text:
         return None
-    return value if isinstance(value, dict) else None
-
-
-def _error_fields(body: dict[str, Any] | None) -> tuple[str, str] | None:
-    error = body.get("error") if body is not None else None
-    if isinstance(error, dict):
-        return str(error.get("type") or "error"), str(error.get("message") or "")
-    if isinstance(error, str):
-        return "error", error
-    if body is not None and isinstance(body.get("detail"), str):
-        return "error", str(body["detail"])
-    return None
+    return read.type or "error", read.message or ""
 
 
 def sse_error(data: bytes | bytearray) -> tuple[str, str] | None:
     """The first `data: {"error": …}` event of a server-sent event stream, as (type, message)."""
     for line in bytes(data).splitlines():
         if line.startswith(b"data:") and b'"error"' in line:
-            found = _error_fields(parse_object(line[5:].strip()))
+            found = _error_fields(line[5:].strip())
             if found is not None:
                 return found
     return None
@@ -208,7 +197,7 @@ def error_of(exchange: Exchange) -> tuple[str | None, str | None]:
     if exchange.content_type.startswith("text/event-stream"):
         found = sse_error(exchange.response_body)
     else:
-        found = _error_fields(parse_object(exchange.response_body)) if status >= 400 else None
+        found = _error_fields(exchange.response_body) if status >= 400 else None
     if found is None and status >= 400:
         found = (exchange.error_class or f"http_{status}", "")
     if found is None:

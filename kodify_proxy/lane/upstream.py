@@ -13,12 +13,18 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
-import orjson
 
-from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from kodify_proxy.errors import (
+    KodifyError,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    read_error_body,
+)
 from kodify_proxy.lane.routing import order_upstreams
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
@@ -115,25 +121,14 @@ def describe(exc: BaseException) -> str:
 
 def upstream_error(upstream: Upstream, status: int, body: bytes) -> KodifyError:
     """vLLM's error answer in our shape: a 4xx keeps its status and message, a 5xx is a 502 naming the upstream."""
-    message, param = _error_fields(body)
+    read = read_error_body(body)
+    message, param = read.message, read.param
     if 400 <= status < 500:
         return UpstreamRejected(
             message or f"The upstream refused the request ({status})", status_code=status, param=param
         )
     detail = f": {message}" if message else ""
     return UpstreamFailed(f"Upstream {upstream.url} answered {status}{detail}; check the vLLM server's log")
-
-
-def _error_fields(body: bytes) -> tuple[str | None, str | None]:
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return (body[:500].decode("utf-8", "replace").strip() or None), None
-    error = data.get("error", data) if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None, None
-    message, param = error.get("message"), error.get("param")
-    return (message if isinstance(message, str) else None), (param if isinstance(param, str) else None)
 
 
 class Lane:
@@ -215,7 +210,7 @@ class Lane:
     def timeout(self, upstream: Upstream) -> UpstreamTimeout:
         """The 504 for an upstream that took longer than its timeout."""
         seconds = upstream.timeout or self.settings.request_timeout
-        return UpstreamTimeout(f"Upstream {upstream.url} did not answer within {seconds:g} s (KODIFY_REQUEST_TIMEOUT)")
+        return UpstreamTimeout.no_answer(upstream.url, seconds)
 
     async def read(self, request: UpstreamRequest) -> tuple[Upstream, bytes]:
         """A non-streamed call: the upstream that answered and its whole 200 body."""

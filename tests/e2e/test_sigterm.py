@@ -21,7 +21,8 @@ from tests.servers import kodify_proxy, upstreams_yaml
 pytestmark = pytest.mark.e2e
 TOKEN = "sk-sigterm"
 IN_FLIGHT = 12
-TOKENS = 450  # long enough for all 12 to be open at vLLM together (max_model_len 512)
+TOKENS = 450  # max_model_len is 512; with N choices each, all 12 requests are surely open at vLLM together
+N = 3
 _IN_FLIGHT = re.compile(r"^kodify_upstream_in_flight\{[^}]*\} ([0-9.]+)$", re.MULTILINE)
 
 
@@ -36,6 +37,9 @@ def chat(base: str, i: int, results: list[Any]) -> None:
         "messages": [{"role": "user", "content": f"chat {i}"}],
         "max_tokens": TOKENS,
         "ignore_eos": True,
+        "n": N,
+        "temperature": 1.0,
+        "seed": i,
         "stream": i % 2 == 0,
     }
     try:
@@ -55,9 +59,9 @@ def test_sigterm_lets_every_chat_in_flight_finish_with_its_row(tmp_path: Path, v
         threads = [threading.Thread(target=chat, args=(proxy.url, i, results)) for i in range(IN_FLIGHT)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 30
-        while in_flight_at(proxy.url) < IN_FLIGHT:
-            assert time.monotonic() < deadline, f"the requests were not all open at vLLM together: {results}"
+        deadline, most = time.monotonic() + 30, 0
+        while (most := max(most, in_flight_at(proxy.url))) < IN_FLIGHT:
+            assert time.monotonic() < deadline, f"at most {most} requests were open at vLLM together: {results}"
             time.sleep(0.01)
         assert proxy.process is not None
         os.kill(proxy.process.pid, signal.SIGTERM)
@@ -67,4 +71,4 @@ def test_sigterm_lets_every_chat_in_flight_finish_with_its_row(tmp_path: Path, v
         assert proxy.wait_exit(60) in (0, -signal.SIGTERM)
         rows = journal_rows(url)
         assert sorted((row["route"], row["status"]) for row in rows) == [("/v1/chat/completions", 200)] * IN_FLIGHT
-        assert all(row["completion_tokens"] == TOKENS for row in rows)
+        assert all(row["completion_tokens"] == N * TOKENS for row in rows)
