@@ -110,7 +110,9 @@ def test_every_client_config_block_is_there_and_parses() -> None:
 
 @pytest.mark.parametrize("config", CONTINUE_CONFIGS)
 def test_every_continue_model_entry_points_at_the_openai_api(config: str) -> None:
-    for role, entry in continue_models(config, {**FAKE, "<kodify-proxy>": "http://kodify:8000"}).items():
+    models = continue_models(config, {**FAKE, "<kodify-proxy>": "http://kodify:8000"})
+    assert set(models) == {"chat", "autocomplete", "embed"}
+    for role, entry in models.items():
         assert entry["provider"] == "openai", role
         assert (entry["apiBase"], entry["apiKey"]) == ("http://kodify:8000/v1", FAKE["<token>"]), role
 

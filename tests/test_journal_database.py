@@ -38,7 +38,12 @@ def test_logs_on_names_every_missing_variable() -> None:
     ],
 )
 def test_settings_that_are_enough(environ: dict[str, str]) -> None:
-    load_settings(environ)
+    settings = load_settings(environ)
+    assert settings.logs is (environ.get("LOGS") == "True")
+    if settings.logs:  # the journal's database is the one the variables name
+        url = journal_url(settings)
+        expected = "sqlite" if "KODIFY_JOURNAL_URL" in environ else "postgresql+psycopg"
+        assert url.drivername == expected and url.database in ("/tmp/journal.db", LOGS_DB["LOGS_DB_NAME"])
 
 
 def test_logs_db_variables_make_a_postgresql_url_with_the_password_escaped() -> None:
