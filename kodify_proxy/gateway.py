@@ -9,11 +9,10 @@ Any other route is LiteLLM's administration and needs the master key; without it
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kodify_proxy import health, metrics_route, openai_routes, surface
+from kodify_proxy import surface
 from kodify_proxy.asgi import header, read_body, send_error
 from kodify_proxy.auth import ANONYMOUS, MASTER, Identity, presented_token
 from kodify_proxy.call import REQUEST_ID_HEADER, Call, ClientLeft
@@ -28,25 +27,10 @@ from kodify_proxy.errors import (
 )
 from kodify_proxy.observer import observed_receive, observed_send
 from kodify_proxy.protocol import parse_object
+from kodify_proxy.routes import HANDLERS
 from kodify_proxy.runtime import Runtime
-from kodify_proxy.tabby import routes as tabby_routes
 
 log = logging.getLogger("kodify_proxy.gateway")
-
-Handler = Callable[[Runtime, Call], Awaitable[None]]
-HANDLERS: dict[surface.Kind, Handler] = {
-    "chat": openai_routes.chat,
-    "completions": openai_routes.completions,
-    "embeddings": openai_routes.embeddings,
-    "models": openai_routes.models,
-    "tabby_completions": tabby_routes.completions,
-    "tabby_health": tabby_routes.health,
-    "tabby_setting": tabby_routes.server_setting,
-    "tabby_events": tabby_routes.events,
-    "health": health.serve,
-    "liveness": health.liveness,
-    "metrics": metrics_route.serve,
-}
 
 
 def is_json(content_type: str | None) -> bool:

@@ -3,13 +3,9 @@ asks for the master key)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kodify_proxy.call import Call
 from kodify_proxy.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from kodify_proxy.runtime import Runtime
+from kodify_proxy.runtime import Runtime
 
 
 async def serve(rt: Runtime, call: Call) -> None:

@@ -28,8 +28,8 @@ from kodify_proxy.protocol import (
     lane_fields,
     validate,
 )
+from kodify_proxy.routes import tabby as tabby_routes
 from kodify_proxy.runtime import Runtime
-from kodify_proxy.tabby import routes as tabby_routes
 
 
 def note_request(exchange: Exchange, request: SamplingFields | LaneFields) -> None:

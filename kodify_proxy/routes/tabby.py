@@ -3,7 +3,7 @@ events; each also under /tabby. A Tabby body on /v1/completions is told apart fr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -15,11 +15,9 @@ from kodify_proxy.lane.routing import tabby_key
 from kodify_proxy.lane.upstream import UpstreamRequest
 from kodify_proxy.litellm_path import ResponseShaper, forward
 from kodify_proxy.protocol import validate
+from kodify_proxy.runtime import Runtime
 from kodify_proxy.tabby import service
 from kodify_proxy.tabby.protocol import CompletionRequest, LogEventRequest, ServerSetting
-
-if TYPE_CHECKING:
-    from kodify_proxy.runtime import Runtime
 
 _COMPLETION_HINT = '; send {"language": "...", "segments": {"prefix": "...", "suffix": "..."}}'
 

@@ -4,15 +4,13 @@ master key."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from kodify_proxy.call import Call
 from kodify_proxy.database import render_url
-
-if TYPE_CHECKING:
-    from kodify_proxy.runtime import Runtime
+from kodify_proxy.runtime import Runtime
 
 
 def _upstreams(rt: Runtime, detailed: bool) -> list[dict[str, Any]]:
