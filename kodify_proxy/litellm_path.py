@@ -27,7 +27,7 @@ from kodify_proxy.errors import (
     UpstreamUnavailable,
     read_error_body,
 )
-from kodify_proxy.fim_stream import SseCutter
+from kodify_proxy.fim.stream import SseCutter
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.sse import EVENT_END, EventFramer, data_of
 

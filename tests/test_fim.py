@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from kodify_proxy import fim, fim_post
+from kodify_proxy import fim
 from kodify_proxy.errors import InvalidRequest
+from kodify_proxy.fim import post as fim_post
 from kodify_proxy.preprocess import (
     Budget,
     PreprocessConfigError,

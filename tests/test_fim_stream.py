@@ -10,8 +10,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from kodify_proxy.fim_post import StreamCut
-from kodify_proxy.fim_stream import SseCutter
+from kodify_proxy.fim.post import StreamCut
+from kodify_proxy.fim.stream import SseCutter
 from tests.servers import Server, kodify_proxy, upstreams_yaml
 
 # The 5th and 6th stop strings go past the upstream's 4 (qwen.json: upstream_stop_limit 4).

@@ -14,7 +14,7 @@ import orjson
 from kodify_proxy.call import Call
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
 from kodify_proxy.exchange import Exchange, note_usage
-from kodify_proxy.fim_stream import SseCutter
+from kodify_proxy.fim.stream import SseCutter
 from kodify_proxy.lane.upstream import Opened
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.sse import DONE, EVENT_END, EventFramer, data_of

@@ -9,11 +9,12 @@ from typing import Any
 
 import orjson
 
-from kodify_proxy import fim, fim_post
+from kodify_proxy import fim
 from kodify_proxy.call import Call
 from kodify_proxy.errors import InvalidRequest
 from kodify_proxy.exchange import Exchange
-from kodify_proxy.fim_stream import SseCutter
+from kodify_proxy.fim import post as fim_post
+from kodify_proxy.fim.stream import SseCutter
 from kodify_proxy.lane.relay import StreamPlan, relay_stream, rewrite_choices
 from kodify_proxy.lane.routing import conversation_key, prompt_key
 from kodify_proxy.lane.upstream import UpstreamRequest

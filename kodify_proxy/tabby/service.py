@@ -12,8 +12,9 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any, Final
 
-from kodify_proxy import fim, fim_post
+from kodify_proxy import fim
 from kodify_proxy.errors import KodifyError, UpstreamUnavailable
+from kodify_proxy.fim import post as fim_post
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
 from kodify_proxy.tabby.protocol import (

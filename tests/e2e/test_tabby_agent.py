@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from kodify_proxy import fim, fim_post
+from kodify_proxy import fim
+from kodify_proxy.fim import post as fim_post
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped, parse_config
 from tests.e2e.conftest import SERVED_MODEL, ResponseCounter
 from tests.e2e.tabby_agent_driver import (

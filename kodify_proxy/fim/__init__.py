@@ -1,5 +1,5 @@
-"""Pure fill-in-the-middle prompt building and trimming, for Tabby and OpenAI requests alike (post-processing:
-fim_post).
+"""Fill-in-the-middle: the package holds the pure prompt building and trimming, for Tabby and OpenAI requests alike;
+`fim.post` cuts and cleans a completion, `fim.stream` does it to a stream's events.
 
 Prompt rules follow Tabby's server (crates/tabby/src/services/completion/completion_prompt.rs): snippets become
 line comments above the prefix, CRLF is folded to LF for the model and restored in the completion.

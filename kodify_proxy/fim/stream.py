@@ -1,4 +1,4 @@
-"""Streamed FIM completions: the SSE events of a /v1/completions stream, each choice cut by its `fim_post.StreamCut`.
+"""Streamed FIM completions: the SSE events of a /v1/completions stream, each choice cut by its `fim.post.StreamCut`.
 
 Pure. The lane runs it on vLLM's stream, the LiteLLM path on LiteLLM's, for requests rebuilt as FIM only, so other
 streams pass untouched.
@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from kodify_proxy.fim_post import StreamCut
+from kodify_proxy.fim.post import StreamCut
 from kodify_proxy.sse import EVENT_END, EventFramer, data_of, event_of
 
 
