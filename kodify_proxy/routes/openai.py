@@ -81,7 +81,7 @@ async def completions(rt: Runtime, call: Call) -> None:
         request = validate(CompletionRequest, data, rt.settings.max_n)
         note_request(call.exchange, request)
         rt.monitor.check_model(request.model)
-        await _through_litellm(rt, call, request, _fim_rewrite(rt, data))
+        await _through_litellm(rt, call, request, _fim_rewrite(rt, data, request))
         return
     fields = lane_fields(data, rt.settings.max_n)
     note_request(call.exchange, fields)
@@ -92,16 +92,17 @@ async def completions(rt: Runtime, call: Call) -> None:
     await call.until_disconnect(_direct(rt, call, "/completions", fields, key, rewrite))
 
 
-def _fim_rewrite(rt: Runtime, data: dict[str, Any]) -> fim.FimRewrite | None:
-    """The FIM rebuild of an OpenAI completion, with a preprocessing config; a body that is not a valid completion
-    is not rebuilt: in the lane vLLM answers it in its own words, through LiteLLM the typed check already did."""
+def _fim_rewrite(rt: Runtime, data: dict[str, Any], request: CompletionRequest | None = None) -> fim.FimRewrite | None:
+    """The FIM rebuild of an OpenAI completion, with a preprocessing config (`request`: the body already checked).
+    In the lane a body that is not a valid completion is not rebuilt: vLLM answers it in its own words."""
     config = rt.preprocessing
     if config is None:
         return None
-    try:
-        request = validate(CompletionRequest, data, rt.settings.max_n)
-    except InvalidRequest:
-        return None
+    if request is None:
+        try:
+            request = validate(CompletionRequest, data, rt.settings.max_n)
+        except InvalidRequest:
+            return None
     return fim.rewrite_completion(request, data, config)
 
 
