@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 from kodify_proxy.asgi import JSON, header_value, replace_headers, replay
 from kodify_proxy.auth import IDENTITY_SCOPE_KEY
-from kodify_proxy.call import REQUEST_ID_HEADER, Call
+from kodify_proxy.call import REQUEST_ID_HEADER, Call, ClientLeft
 from kodify_proxy.errors import (
     KodifyError,
     UpstreamFailed,
@@ -121,10 +121,20 @@ class ResponseShaper:
     model: str | None
     transform: Transform | None = None  # a whole 200 JSON answer rewritten (FIM post-processing, Tabby's shape)
     cutter: SseCutter | None = None  # a FIM stream cut
+    collect: bool = False  # keep the whole answer for `collected` instead of sending it (Tabby's completions)
     _start: Message | None = None
     _buffer: bytes = b""
     _mode: str = "pass"  # pass | buffer | stream
     _framer: EventFramer | None = None
+    _collected: bytes | Exception | None = None
+
+    def collected(self) -> bytes:
+        """The whole 200 answer kept in `collect` mode; LiteLLM's error (or the client's leaving) raised as ours."""
+        if isinstance(self._collected, Exception):
+            raise self._collected
+        if self._collected is None:
+            raise UpstreamFailed("LiteLLM ended the request without an answer; the server log has the details")
+        return self._collected
 
     async def send(self, message: Message) -> None:
         """LiteLLM's ASGI messages in, ours out."""
@@ -139,7 +149,7 @@ class ResponseShaper:
         headers = replace_headers(headers, x_litellm_call_id=self.call.request_id.encode())
         self._start = {**message, "headers": headers}
         is_stream = (header_value(headers, b"content-type") or "").startswith("text/event-stream")
-        if status >= 400 or (status == 200 and self.transform is not None and not is_stream):
+        if self.collect or status >= 400 or (status == 200 and self.transform is not None and not is_stream):
             self._mode = "buffer"
             return
         if is_stream:
@@ -180,6 +190,11 @@ class ResponseShaper:
     async def _finish_buffered(self) -> None:
         assert self._start is not None
         status = int(self._start["status"])
+        if self.collect:
+            self._collected = self._buffer if status == 200 else ClientLeft() if status == 499 else None
+            if self._collected is None:
+                self._collected = self._error(self._buffer, status)
+            return
         if status >= 400:
             error = self._error(self._buffer, status)
             if status == 499:  # the client left (cancel_on_disconnect): nobody reads this
@@ -206,4 +221,11 @@ async def forward(
     await app(scope, replay(call.body if body is None else body, call.receive), shaper.send)
 
 
-__all__ = ["REQUEST_ID_HEADER", "ResponseShaper", "classify", "forward", "litellm_scope", "upstream_rejection"]
+async def read(app: ASGIApp, call: Call, monitor: UpstreamMonitor, model: str, path: str, body: bytes) -> bytes:
+    """LiteLLM's whole answer to `body` on its route `path`, for us to reshape before the client sees anything."""
+    shaper = ResponseShaper(call, monitor, model, collect=True)
+    await forward(app, call, shaper, path=path, body=body)
+    return shaper.collected()
+
+
+__all__ = ["REQUEST_ID_HEADER", "ResponseShaper", "classify", "forward", "litellm_scope", "read", "upstream_rejection"]

@@ -22,7 +22,7 @@ from kodify_proxy.monitor import RouterLike, UpstreamMonitor
 from kodify_proxy.observer import Observer
 from kodify_proxy.preprocess import PreprocessingConfig
 from kodify_proxy.settings import Settings
-from kodify_proxy.tabby.service import RecentCompletions
+from kodify_proxy.tabby.service import TabbyService
 from kodify_proxy.upstreams import KodifyConfig
 
 log = logging.getLogger("kodify_proxy.runtime")
@@ -43,7 +43,7 @@ class Runtime:
     observer: Observer
     pool: UpstreamPool
     lane: Lane
-    completions: RecentCompletions = field(default_factory=RecentCompletions)
+    tabby: TabbyService
     litellm: ASGIApp | None = None  # LiteLLM's FastAPI app, once imported
     started: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -115,6 +115,7 @@ def build_runtime(
         observer=observer,
         pool=pool,
         lane=Lane(monitor, pool, settings, lambda url, step: metrics.in_flight.labels(url).inc(step)),
+        tabby=TabbyService(monitor, preprocessing),
     )
     journal_status = (lambda: journal.writer.status()) if journal is not None else (lambda: None)
     metrics.watch(LiveState(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}, journal_status))

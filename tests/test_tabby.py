@@ -20,8 +20,9 @@ TABBY_BODY = {"language": "python", "segments": {"prefix": "def fib(n):\n    ret
 
 @pytest.fixture(scope="module")
 def fim_proxy(session_tmp: Path, upstream: Server) -> Iterator[Server]:
-    """Dummy auth, COMPLETIONS_PREPROCESSING_CONFIG=preprocess_configs/qwen.json (relative, as the guide writes it)."""
-    env = {"COMPLETIONS_PREPROCESSING_CONFIG": "preprocess_configs/qwen.json"}
+    """Dummy auth, COMPLETIONS_PREPROCESSING_CONFIG=preprocess_configs/qwen.json (relative, as the guide writes it),
+    upstreams given 2 s."""
+    env = {"COMPLETIONS_PREPROCESSING_CONFIG": "preprocess_configs/qwen.json", "KODIFY_REQUEST_TIMEOUT": "2"}
     server = kodify_proxy(session_tmp, upstreams_yaml(upstream.url), env=env, name="tabby-proxy").start()
     yield server
     server.stop()
@@ -351,3 +352,50 @@ def test_broken_config_stops_startup_naming_path_and_error(
     )
     assert result.returncode == 2
     assert f"error: {expected.format(path=path)}" in result.stderr
+
+
+# --- the same completion through LiteLLM (KODIFY_COMPLETIONS_LANE=litellm) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def litellm_lane_proxy(session_tmp: Path, upstream: Server) -> Iterator[Server]:
+    """Completions through LiteLLM's route instead of the lane; Tabby's flow is the same service call."""
+    env = {
+        "KODIFY_COMPLETIONS_LANE": "litellm",
+        "COMPLETIONS_PREPROCESSING_CONFIG": "preprocess_configs/qwen.json",
+        "KODIFY_REQUEST_TIMEOUT": "2",
+    }
+    server = kodify_proxy(session_tmp, upstreams_yaml(upstream.url), env=env, name="tabby-litellm-proxy").start()
+    yield server
+    server.stop()
+
+
+def test_tabby_answer_through_litellm_is_the_lanes(
+    fim_proxy: Server, litellm_lane_proxy: Server, upstream: Server
+) -> None:
+    answers = {}
+    for server in (fim_proxy, litellm_lane_proxy):
+        response = _post(server, "/v1/completions", TABBY_BODY)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["id"].startswith("cmpl-")
+        answers[server.name] = {**answer, "id": "cmpl-…"}
+        assert _last(upstream)["prompt"] == "<|fim_prefix|>def fib(n):\n    return <|fim_suffix|>\n<|fim_middle|>"
+    assert (
+        answers["tabby-proxy"]
+        == answers["tabby-litellm-proxy"]
+        == {
+            "id": "cmpl-…",
+            "choices": [{"index": 0, "text": " return 42"}],
+        }
+    )
+
+
+def test_an_upstream_timeout_on_a_tabby_request_is_the_same_through_either_path(
+    fim_proxy: Server, litellm_lane_proxy: Server
+) -> None:
+    slow = {**TABBY_BODY, "segments": {"prefix": "# SLEEP:4\n", "suffix": ""}}  # both proxies wait 2 s at most
+    errors = [_post(server, "/v1/completions", slow) for server in (fim_proxy, litellm_lane_proxy)]
+    assert [e.status_code for e in errors] == [504, 504], [e.text for e in errors]
+    assert errors[0].json() == errors[1].json()
+    assert errors[0].json()["error"]["type"] == "timeout_error"

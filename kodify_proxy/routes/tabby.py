@@ -8,12 +8,10 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from kodify_proxy import litellm_path
 from kodify_proxy.call import Call
-from kodify_proxy.errors import UpstreamFailed
-from kodify_proxy.exchange import note_usage
 from kodify_proxy.lane.routing import tabby_key
 from kodify_proxy.lane.upstream import UpstreamRequest
-from kodify_proxy.litellm_path import ResponseShaper, forward
 from kodify_proxy.protocol import validate
 from kodify_proxy.runtime import Runtime
 from kodify_proxy.tabby import service
@@ -27,45 +25,25 @@ def is_tabby_body(data: dict[str, Any]) -> bool:
     return "segments" in data and "prompt" not in data
 
 
-def _answer(body: bytes) -> dict[str, Any]:
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise UpstreamFailed("The completion came back as something other than a JSON object; check the upstream")
-    return answer
-
-
 async def completions(rt: Runtime, call: Call) -> None:
     """POST /v1/completions (Tabby body), /tabby/v1/completions: FIM prompt, one completion, post-processed."""
     request = validate(CompletionRequest, call.data or {}, what="Tabby completion request ", hint=_COMPLETION_HINT)
-    model = service.tabby_model(rt.monitor)
-    config = service.tabby_config(rt.preprocessing)
-    exchange = call.exchange
-    exchange.model, exchange.language = model, service.language_label(request.language, config)
-    rt.monitor.check_model(model)
-    body, built = service.build_openai_body(request, model, config)
+    key = tabby_key(call.identity.user_id, request.segments.filepath, request.segments.git_url)
 
-    async def tabby_answer(openai_answer: bytes) -> bytes:
-        answer = _answer(openai_answer)
-        note_usage(exchange, answer.get("usage"))
-        response = service.build_response(answer, built.post, config)
-        exchange.completion_id = response.id
-        rt.completions.remember(response.id, service.Served(model, exchange.language))
-        return orjson.dumps(response.model_dump())
+    async def through_lane(model: str, body: bytes) -> bytes:
+        served, answer = await call.until_disconnect(
+            rt.lane.read(UpstreamRequest(model, "/completions", body, False, key, call.request_id))
+        )
+        call.exchange.upstream = served.url
+        return answer
 
-    if rt.settings.completions_lane == "litellm":
+    async def through_litellm(model: str, body: bytes) -> bytes:
         assert rt.litellm is not None
-        shaper = ResponseShaper(call, rt.monitor, model, transform=tabby_answer)
-        await forward(rt.litellm, call, shaper, path="/v1/completions", body=orjson.dumps(body))
-        return
-    segments = request.segments
-    key = tabby_key(call.identity.user_id, segments.filepath, segments.git_url)
-    upstream = UpstreamRequest(model, "/completions", orjson.dumps(body), False, key, call.request_id)
-    served, answer = await call.until_disconnect(rt.lane.read(upstream))
-    exchange.upstream = served.url
-    await call.reply(200, await tabby_answer(answer))
+        return await litellm_path.read(rt.litellm, call, rt.monitor, model, "/v1/completions", body)
+
+    fetch = through_litellm if rt.settings.completions_lane == "litellm" else through_lane
+    response = await rt.tabby.complete(request, call.exchange, fetch)
+    await call.reply(200, orjson.dumps(response.model_dump()))
 
 
 async def health(rt: Runtime, call: Call) -> None:
@@ -85,11 +63,5 @@ async def events(rt: Runtime, call: Call) -> None:
         LogEventRequest, call.data or {}, what="Tabby event ", hint="; type is one of view, select, dismiss"
     )
     query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
-    select_kind = (query.get("select_kind") or [None])[0]
-    exchange = call.exchange
-    exchange.event = service.build_event(event, select_kind)
-    exchange.completion_id = event.completion_id
-    served = rt.completions.get(event.completion_id)
-    if served is not None:
-        exchange.model, exchange.language = served.model, served.language
+    rt.tabby.note_event(event, (query.get("select_kind") or [None])[0], call.exchange)
     await call.reply(200, b"", content_type=None)

@@ -1,4 +1,8 @@
-"""Tabby requests to and from OpenAI completions: the model, the prompt, the answer, health, events (pure)."""
+"""Tabby requests to and from OpenAI completions: the model, the prompt, the answer, health, events.
+
+`TabbyService.complete` is a Tabby completion whole: the OpenAI body built, sent through the `fetch` the route
+gives it (the lane, or LiteLLM), the answer made Tabby's. Everything else here is pure.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,17 @@ import os
 import platform
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from typing import Any, Final
 
+import orjson
+
 from kodify_proxy import fim
-from kodify_proxy.errors import KodifyError, UpstreamUnavailable
+from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamUnavailable
+from kodify_proxy.exchange import Exchange, note_usage
 from kodify_proxy.fim import post as fim_post
 from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
@@ -25,6 +33,9 @@ from kodify_proxy.tabby.protocol import (
     LogEventRequest,
     Version,
 )
+
+# The upstream call a completion is served by: (model, OpenAI completion body) in, the whole JSON answer out.
+Fetch = Callable[[str, bytes], Awaitable[bytes]]
 
 log = logging.getLogger("kodify_proxy.tabby")
 
@@ -86,6 +97,17 @@ def build_openai_body(
     if request.seed is not None:
         body["seed"] = request.seed
     return body, built
+
+
+def read_answer(body: bytes) -> dict[str, Any]:
+    """The upstream's OpenAI completion answer as a JSON object."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UpstreamFailed("The completion came back as something other than a JSON object; check the upstream")
+    return answer
 
 
 def build_response(answer: dict[str, Any], post: fim.PostContext, config: PreprocessingConfig) -> CompletionResponse:
@@ -179,3 +201,34 @@ class RecentCompletions:
     def get(self, completion_id: str) -> Served | None:
         """What the completion with this id was, if it is recent enough."""
         return self._items.get(completion_id)
+
+
+class TabbyService:
+    """Tabby's completions and events: what a route needs beyond the request itself."""
+
+    def __init__(self, monitor: UpstreamMonitor, preprocessing: PreprocessingConfig | None) -> None:
+        self.monitor = monitor
+        self.config = tabby_config(preprocessing)
+        self.recent = RecentCompletions()
+
+    async def complete(self, request: CompletionRequest, exchange: Exchange, fetch: Fetch) -> CompletionResponse:
+        """One completion: the model and prompt chosen, the upstream asked through `fetch`, the answer made Tabby's
+        and noted (usage, id, language) in `exchange`."""
+        model = tabby_model(self.monitor)
+        exchange.model, exchange.language = model, language_label(request.language, self.config)
+        self.monitor.check_model(model)
+        body, built = build_openai_body(request, model, self.config)
+        answer = read_answer(await fetch(model, orjson.dumps(body)))
+        note_usage(exchange, answer.get("usage"))
+        response = build_response(answer, built.post, self.config)
+        exchange.completion_id = response.id
+        self.recent.remember(response.id, Served(model, exchange.language))
+        return response
+
+    def note_event(self, request: LogEventRequest, select_kind: str | None, exchange: Exchange) -> None:
+        """A view/select/dismiss event, recorded under the model and language of the completion it is about."""
+        exchange.event = build_event(request, select_kind)
+        exchange.completion_id = request.completion_id
+        served = self.recent.get(request.completion_id)
+        if served is not None:
+            exchange.model, exchange.language = served.model, served.language
