@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace) -> tuple[Settings, KodifyConfig]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Wait for upstreams, discover models, render the LiteLLM config and serve."""
-    from kodify_proxy import runtime, serving
+    from kodify_proxy import launcher, runtime
     from kodify_proxy.journal.service import open_journal
 
     settings, config = _load(args)
@@ -37,25 +37,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kodify_proxy import auth  # imports LiteLLM, so only once the settings are known to be valid
 
     verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
-    prepared = serving.prepare(settings, config, wait=settings.wait_vllm)
-    master_key = serving.ensure_master_key(settings)
-    path = serving.write_litellm_config(settings, prepared.litellm_config)
-    serving.export_environment(config, master_key, path)
+    prepared = launcher.prepare(settings, config, wait=settings.wait_vllm)
+    master_key = launcher.ensure_master_key(settings)
+    path = launcher.write_litellm_config(settings, prepared.litellm_config)
+    launcher.export_environment(config, master_key, path)
     rt = runtime.build_runtime(settings, config, prepared.monitor, master_key, verifier, preprocessing, journal)
     runtime.bind(rt)
     prepared.monitor.mark_registered()
     log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
-    serving.run(rt, args.host, args.port)
+    launcher.run(rt, args.host, args.port)
     return 0
 
 
 def cmd_render_config(args: argparse.Namespace) -> int:
     """Print the LiteLLM config `serve` would load, secrets masked."""
-    from kodify_proxy import serving
+    from kodify_proxy import launcher
     from kodify_proxy.litellm_config import render_config
 
     settings, config = _load(args)
-    prepared = serving.prepare(settings, config, wait=False)
+    prepared = launcher.prepare(settings, config, wait=False)
     sys.stdout.write(render_config(prepared.litellm_config))
     return 0
 

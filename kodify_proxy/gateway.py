@@ -25,8 +25,8 @@ from kodify_proxy.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from kodify_proxy.observer import observed_receive, observed_send
 from kodify_proxy.protocol import parse_object
+from kodify_proxy.request_recorder import observed_receive, observed_send
 from kodify_proxy.routes import HANDLERS
 from kodify_proxy.runtime import Runtime
 
@@ -104,7 +104,7 @@ class Gateway:
             return False
 
     async def _route(self, route: surface.Route, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = self.rt.observer.begin(route.path, scope, tracked=route.journaled)
+        exchange = self.rt.recorder.begin(route.path, scope, tracked=route.journaled)
         receive, send = observed_receive(exchange, receive), observed_send(exchange, send)
         headers = [(REQUEST_ID_HEADER, exchange.request_id.encode())] if route.journaled else []
         try:
@@ -127,7 +127,7 @@ class Gateway:
                 exchange.took_error(bug.error_type, bug.message)
                 await send_error(send, bug, headers)
         finally:
-            self.rt.observer.end(exchange)
+            self.rt.recorder.end(exchange)
 
     async def _identity(self, route: surface.Route, scope: Scope) -> Identity:
         """Auth before anything else; open routes (and /metrics unless KODIFY_METRICS_AUTH) need none."""

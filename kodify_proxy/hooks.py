@@ -139,7 +139,7 @@ class KodifyHooks(CustomLogger):
     def _apply(kwargs: Mapping[str, Any], success: bool) -> None:
         rt = runtime.current()
         payload = kwargs.get("standard_logging_object") or {}
-        exchange = rt.observer.find(kwargs.get("litellm_call_id"))
+        exchange = rt.recorder.find(kwargs.get("litellm_call_id"))
         if exchange is None:
             return
         apply_log_event(exchange, payload, success, rt.monitor.upstreams)
@@ -147,7 +147,7 @@ class KodifyHooks(CustomLogger):
             report = rt.monitor.report_success if success else rt.monitor.report_failure
             if success or _server_side(payload):
                 report(exchange.upstream)
-        rt.observer.updated(exchange)
+        rt.recorder.updated(exchange)
 
 
 def _server_side(payload: Mapping[str, Any]) -> bool:

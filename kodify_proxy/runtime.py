@@ -17,12 +17,12 @@ from starlette.types import ASGIApp
 from kodify_proxy.auth import Authenticator, TokenVerifier
 from kodify_proxy.journal.service import Journal
 from kodify_proxy.lane.upstream import Lane, UpstreamPool
-from kodify_proxy.metrics import LiveState, Metrics
-from kodify_proxy.monitor import RouterLike, UpstreamMonitor
-from kodify_proxy.observer import Observer
 from kodify_proxy.preprocess import PreprocessingConfig
+from kodify_proxy.prometheus_metrics import LiveState, Metrics
+from kodify_proxy.request_recorder import RequestRecorder
 from kodify_proxy.settings import Settings
 from kodify_proxy.tabby.service import TabbyService
+from kodify_proxy.upstream_monitor import RouterLike, UpstreamMonitor
 from kodify_proxy.upstreams import KodifyConfig
 
 log = logging.getLogger("kodify_proxy.runtime")
@@ -40,7 +40,7 @@ class Runtime:
     preprocessing: PreprocessingConfig | None
     journal: Journal | None
     metrics: Metrics
-    observer: Observer
+    recorder: RequestRecorder
     pool: UpstreamPool
     lane: Lane
     tabby: TabbyService
@@ -79,7 +79,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.monitor.stop()
-        drained = self.observer.drain()
+        drained = self.recorder.drain()
         if drained:
             log.info("%d requests recorded at shutdown without LiteLLM's last event", drained)
         await self.pool.aclose()
@@ -101,7 +101,7 @@ def build_runtime(
     """Wire the services; nothing is started yet."""
     metrics = Metrics(monitor.served_models)
     sinks = [metrics.observe] + ([journal.record] if journal is not None else [])
-    observer = Observer(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
+    recorder = RequestRecorder(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
     pool = UpstreamPool(config.upstreams)
     runtime = Runtime(
         settings=settings,
@@ -112,7 +112,7 @@ def build_runtime(
         preprocessing=preprocessing,
         journal=journal,
         metrics=metrics,
-        observer=observer,
+        recorder=recorder,
         pool=pool,
         lane=Lane(monitor, pool, settings, lambda url, step: metrics.in_flight.labels(url).inc(step)),
         tabby=TabbyService(monitor, preprocessing),

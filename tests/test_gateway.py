@@ -14,9 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from kodify_proxy.auth import IDENTITY_SCOPE_KEY, SHARED_USER
 from kodify_proxy.gateway import Gateway
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.runtime import build_runtime
 from kodify_proxy.settings import load_settings
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import UpstreamState, parse_config
 
 TOKEN, MASTER = "sk-gateway-client-token", "sk-gateway-master-key"

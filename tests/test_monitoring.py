@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kodify_proxy.metrics import LiveState, Metrics
+from kodify_proxy.prometheus_metrics import LiveState, Metrics
 from tests.servers import REPO
 from tests.test_deploy import compose_binary
 

@@ -13,7 +13,6 @@ import pytest
 
 from kodify_proxy.errors import ModelNotFound, UpstreamFailed
 from kodify_proxy.exchange import Exchange
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import load_shipped
 from kodify_proxy.settings import load_settings
 from kodify_proxy.tabby.protocol import CompletionRequest, LogEventRequest
@@ -27,6 +26,7 @@ from kodify_proxy.tabby.service import (
     read_answer,
     tabby_model,
 )
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import UpstreamState, parse_config
 
 QWEN = load_shipped("qwen")

@@ -16,8 +16,8 @@ from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamTimeout
 from kodify_proxy.exchange import Exchange, note_usage
 from kodify_proxy.fim.stream import SseCutter
 from kodify_proxy.lane.upstream import Opened
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.sse import DONE, EVENT_END, EventFramer, data_of
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 EVENT_STREAM: Final = b"text/event-stream; charset=utf-8"  # what vLLM sends
 _USAGE_CHUNK: Final = re.compile(rb'"choices":\s*\[\]')  # vLLM's last chunk with include_usage

@@ -26,8 +26,8 @@ from kodify_proxy.errors import (
     read_error_body,
 )
 from kodify_proxy.lane.routing import order_upstreams
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import Upstream
 
 log = logging.getLogger("kodify_proxy.lane")

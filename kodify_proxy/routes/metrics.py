@@ -4,7 +4,7 @@ asks for the master key)."""
 from __future__ import annotations
 
 from kodify_proxy.call import Call
-from kodify_proxy.metrics import CONTENT_TYPE
+from kodify_proxy.prometheus_metrics import CONTENT_TYPE
 from kodify_proxy.runtime import Runtime
 
 

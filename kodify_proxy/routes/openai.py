@@ -18,8 +18,7 @@ from kodify_proxy.fim.stream import SseCutter
 from kodify_proxy.lane.relay import StreamPlan, relay_stream, rewrite_choices
 from kodify_proxy.lane.routing import conversation_key, prompt_key
 from kodify_proxy.lane.upstream import UpstreamRequest
-from kodify_proxy.litellm_path import ResponseShaper, forward
-from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.litellm_handoff import ResponseShaper, forward
 from kodify_proxy.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,6 +30,7 @@ from kodify_proxy.protocol import (
 )
 from kodify_proxy.routes import tabby as tabby_routes
 from kodify_proxy.runtime import Runtime
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 
 def note_request(exchange: Exchange, request: SamplingFields | LaneFields) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from kodify_proxy import litellm_path
+from kodify_proxy import litellm_handoff
 from kodify_proxy.call import Call
 from kodify_proxy.lane.routing import tabby_key
 from kodify_proxy.lane.upstream import UpstreamRequest
@@ -39,7 +39,7 @@ async def completions(rt: Runtime, call: Call) -> None:
 
     async def through_litellm(model: str, body: bytes) -> bytes:
         assert rt.litellm is not None
-        return await litellm_path.read(rt.litellm, call, rt.monitor, model, "/v1/completions", body)
+        return await litellm_handoff.read(rt.litellm, call, rt.monitor, model, "/v1/completions", body)
 
     fetch = through_litellm if rt.settings.completions_lane == "litellm" else through_lane
     response = await rt.tabby.complete(request, call.exchange, fetch)

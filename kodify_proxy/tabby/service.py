@@ -23,7 +23,6 @@ from kodify_proxy import fim
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamUnavailable
 from kodify_proxy.exchange import Exchange, note_usage
 from kodify_proxy.fim import post as fim_post
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.preprocess import PreprocessingConfig, load_shipped
 from kodify_proxy.tabby.protocol import (
     Choice,
@@ -33,6 +32,7 @@ from kodify_proxy.tabby.protocol import (
     LogEventRequest,
     Version,
 )
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 # The upstream call a completion is served by: (model, OpenAI completion body) in, the whole JSON answer out.
 Fetch = Callable[[str, bytes], Awaitable[bytes]]

@@ -43,7 +43,7 @@ def lane(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server
 
 
 @pytest.fixture(scope="module")
-def litellm_path(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server]:
+def litellm_handoff(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server]:
     env = {"KODIFY_CHAT_LANE": "litellm"}
     server = kodify_proxy(tmp_path_factory.mktemp("chat-litellm"), upstreams_yaml(vllm), env=env, name="chat-litellm")
     yield server.start()
@@ -130,34 +130,34 @@ def test_vllms_refusal_keeps_its_status_and_words(vllm: str, lane: Server, extra
     assert (ours["message"], ours["param"]) == (theirs["message"], theirs["param"])
 
 
-def test_through_litellm_the_answer_itself_is_vllms(vllm: str, litellm_path: Server) -> None:
+def test_through_litellm_the_answer_itself_is_vllms(vllm: str, litellm_handoff: Server) -> None:
     direct = httpx.post(vllm + "/v1/chat/completions", json=CHAT, timeout=60).json()
-    through = httpx.post(litellm_path.url + "/v1/chat/completions", json=CHAT, timeout=60).json()
+    through = httpx.post(litellm_handoff.url + "/v1/chat/completions", json=CHAT, timeout=60).json()
     assert through["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
     usage = ("prompt_tokens", "completion_tokens", "total_tokens")
     assert {k: through["usage"][k] for k in usage} == {k: direct["usage"][k] for k in usage}
-    assert text_of(events(litellm_path.url, CHAT)) == text_of(events(vllm, CHAT))
+    assert text_of(events(litellm_handoff.url, CHAT)) == text_of(events(vllm, CHAT))
 
 
 def test_through_litellm_known_difference_finish_reason_in_an_extra_empty_chunk(
-    vllm: str, litellm_path: Server
+    vllm: str, litellm_handoff: Server
 ) -> None:
-    direct, through = events(vllm, CHAT)[:-1], events(litellm_path.url, CHAT)[:-1]
+    direct, through = events(vllm, CHAT)[:-1], events(litellm_handoff.url, CHAT)[:-1]
     assert direct[-1]["choices"][0]["delta"].get("content") and direct[-1]["choices"][0]["finish_reason"]
     last = through[-1]["choices"][0]
     assert last["finish_reason"] == "length" and not last["delta"].get("content")
 
 
-def test_through_litellm_known_difference_the_usage_chunk_carries_a_choice(vllm: str, litellm_path: Server) -> None:
+def test_through_litellm_known_difference_the_usage_chunk_carries_a_choice(vllm: str, litellm_handoff: Server) -> None:
     body = {**CHAT, "stream_options": {"include_usage": True}}
-    direct, through = events(vllm, body)[:-1], events(litellm_path.url, body)[:-1]
+    direct, through = events(vllm, body)[:-1], events(litellm_handoff.url, body)[:-1]
     assert direct[-1]["choices"] == [] and direct[-1]["usage"]["completion_tokens"] == 8
     assert through[-1]["usage"]["completion_tokens"] == 8 and through[-1]["choices"] != []
 
 
-def test_through_litellm_known_difference_vllms_extra_fields_move(vllm: str, litellm_path: Server) -> None:
+def test_through_litellm_known_difference_vllms_extra_fields_move(vllm: str, litellm_handoff: Server) -> None:
     direct = httpx.post(vllm + "/v1/chat/completions", json=CHAT, timeout=60).json()
-    through = httpx.post(litellm_path.url + "/v1/chat/completions", json=CHAT, timeout=60).json()
+    through = httpx.post(litellm_handoff.url + "/v1/chat/completions", json=CHAT, timeout=60).json()
     assert "stop_reason" in direct["choices"][0] and "token_ids" in direct["choices"][0]
     assert "stop_reason" not in through["choices"][0]
     assert "provider_specific_fields" in through["choices"][0]

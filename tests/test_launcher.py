@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from kodify_proxy.errors import StartupError
-from kodify_proxy.serving import ensure_master_key, export_environment, prepare, write_litellm_config
+from kodify_proxy.launcher import ensure_master_key, export_environment, prepare, write_litellm_config
 from kodify_proxy.settings import load_settings
 from kodify_proxy.upstreams import parse_config
 from tests.servers import Server, free_port

@@ -17,8 +17,8 @@ import yaml
 
 from kodify_proxy.errors import StartupError
 from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.settings import Settings
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from kodify_proxy.runtime import Runtime
 
-log = logging.getLogger("kodify_proxy.serving")
+log = logging.getLogger("kodify_proxy.launcher")
 DRAIN_WAIT = 1.0  # seconds an idle connection may still start a request once SIGTERM came
 ACCEPT_TURNS = 100  # at most this many 10 ms turns to accept the connections queued when SIGTERM came
 

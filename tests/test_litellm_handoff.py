@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kodify_proxy.errors import UpstreamFailed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from kodify_proxy.litellm_path import classify, error_fields, upstream_rejection
-from kodify_proxy.monitor import UpstreamMonitor
+from kodify_proxy.litellm_handoff import classify, error_fields, upstream_rejection
 from kodify_proxy.settings import load_settings
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import UpstreamState, parse_config
 
 VLLM_JSON = (

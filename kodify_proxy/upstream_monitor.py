@@ -22,7 +22,7 @@ from kodify_proxy.litellm_config import build_model_list
 from kodify_proxy.settings import Settings
 from kodify_proxy.upstreams import KodifyConfig, Upstream, UpstreamState, check_all
 
-log = logging.getLogger("kodify_proxy.monitor")
+log = logging.getLogger("kodify_proxy.upstream_monitor")
 
 FAILING_WINDOW = 30.0  # seconds a request failure keeps an upstream "failing" unless a success follows
 

@@ -15,7 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from kodify_proxy.exchange import Exchange
 
-log = logging.getLogger("kodify_proxy.observer")
+log = logging.getLogger("kodify_proxy.request_recorder")
 
 # How long a finished request waits for LiteLLM's log event (tokens, upstream, the assembled stream) before it is
 # recorded without it. The event normally follows within milliseconds.
@@ -37,7 +37,7 @@ def call_later(delay: float, callback: Callable[[], None]) -> Timer:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
-class Observer:
+class RequestRecorder:
     """Open exchanges by request id; each one goes to every sink exactly once."""
 
     def __init__(

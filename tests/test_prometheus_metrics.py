@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kodify_proxy.exchange import Exchange
-from kodify_proxy.metrics import Metrics
+from kodify_proxy.prometheus_metrics import Metrics
 from tests.clients import abandon_sync
 from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from kodify_proxy.errors import ModelNotFound, UpstreamUnavailable
-from kodify_proxy.monitor import FAILING_WINDOW, UpstreamMonitor
 from kodify_proxy.settings import load_settings
+from kodify_proxy.upstream_monitor import FAILING_WINDOW, UpstreamMonitor
 from kodify_proxy.upstreams import UpstreamState, parse_config
 
 A, B = "http://a:8000", "http://b:8000"

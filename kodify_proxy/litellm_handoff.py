@@ -28,8 +28,8 @@ from kodify_proxy.errors import (
     read_error_body,
 )
 from kodify_proxy.fim.stream import SseCutter
-from kodify_proxy.monitor import UpstreamMonitor
 from kodify_proxy.sse import EVENT_END, EventFramer, data_of
+from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 # LiteLLM response headers that name an upstream (its URL, our deployment id) or repeat its raw headers.
 _HIDDEN_HEADERS: Final = frozenset({b"x-litellm-model-api-base", b"x-litellm-model-id", b"content-length"})
