@@ -170,9 +170,14 @@ class TokenVerifier:
         self.store.close()
 
 
-def start(settings: Settings) -> TokenVerifier | None:
-    """At `serve`: log the auth mode (loudly when there is none); in DB mode open USERS_TABLE, creating it."""
+def start(settings: Settings, announce: bool = True) -> TokenVerifier | None:
+    """At `serve`: log the auth mode (loudly when there is none; `announce` False in workers, as `serve` did); in
+    DB mode open USERS_TABLE, creating it."""
     mode = select_mode(settings)
+    if mode == "db":
+        return _open_verifier(settings, announce)
+    if not announce:
+        return None
     if mode == "dummy":
         log.warning(
             "*** AUTH IS OFF (dummy mode): MTSAI_AUTH=false and no VLLM_API_KEY, so EVERY request is accepted "
@@ -182,11 +187,10 @@ def start(settings: Settings) -> TokenVerifier | None:
         return None
     if mode == "shared":
         log.info("Auth: one shared token (VLLM_API_KEY) for every client")
-        return None
-    return _open_verifier(settings)
+    return None
 
 
-def _open_verifier(settings: Settings) -> TokenVerifier:
+def _open_verifier(settings: Settings, announce: bool) -> TokenVerifier:
     assert settings.db_url is not None  # settings._cross_check guarantees it in DB mode
     store = UserStore.from_settings_values(
         settings.db_url.get_secret_value(), settings.users_table, settings.auth_db_timeout
@@ -196,7 +200,8 @@ def _open_verifier(settings: Settings) -> TokenVerifier:
     except UserDatabaseError as exc:
         store.close()
         raise StartupError(f"{exc}. Start the database or fix DB_URL, then start kodify-proxy again") from None
-    log.info(
+    log.log(
+        logging.INFO if announce else logging.DEBUG,
         "Auth: per-user tokens in %s; a revoke or rotate takes effect within %g s (KODIFY_AUTH_CACHE_TTL)",
         store.where(),
         settings.auth_cache_ttl,

@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from kodify_proxy import logs
+from kodify_proxy.env_types import parse_workers
 from kodify_proxy.errors import StartupError
 from kodify_proxy.journal.commands import add_journal_parsers
-from kodify_proxy.preprocess import load_configured
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, load_config, resolve_config_path
 from kodify_proxy.users_cli import add_users_parser
@@ -27,25 +28,16 @@ def _load(args: argparse.Namespace) -> tuple[Settings, KodifyConfig]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Wait for upstreams, discover models, render the LiteLLM config and serve."""
-    from kodify_proxy import launcher, runtime
-    from kodify_proxy.journal.service import open_journal
+    """Wait for upstreams, discover models, render the LiteLLM config and serve (with N worker processes)."""
+    from kodify_proxy import launcher, workers
 
     settings, config = _load(args)
-    preprocessing = load_configured(settings.completions_preprocessing_config)  # a bad file stops startup here
-    journal = open_journal(settings)  # LOGS=True: the request journal (RUN_MIGRATIONS=1: upgrade head first)
-    from kodify_proxy import auth  # imports LiteLLM, so only once the settings are known to be valid
-
-    verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
-    prepared = launcher.prepare(settings, config, wait=settings.wait_vllm)
-    master_key = launcher.ensure_master_key(settings)
-    path = launcher.write_litellm_config(settings, prepared.litellm_config)
-    launcher.export_environment(config, master_key, path)
-    rt = runtime.build_runtime(settings, config, prepared.monitor, master_key, verifier, preprocessing, journal)
-    runtime.bind(rt)
-    prepared.monitor.mark_registered()
-    log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
-    launcher.run(rt, args.host, args.port)
+    count = workers.resolve(args.workers if args.workers is not None else settings.workers)
+    if count == 1:
+        launch, verifier = launcher.prepare_launch(settings, config, count)
+        launcher.run(launcher.build_app(launch, 0, verifier), settings, args.host, args.port)
+    else:
+        workers.serve(settings, config, count, args.host, args.port)
     return 0
 
 
@@ -67,6 +59,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_check(args.config, args.env_file)
 
 
+def workers_arg(value: str) -> Literal["auto"] | int:
+    """`--workers`: read as KODIFY_WORKERS is."""
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="kodify-proxy", description=__doc__)
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API server")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=workers_arg,
+        default=None,
+        help="server processes: auto (the CPUs this process may use) or a number (default: $KODIFY_WORKERS, else auto)",
+    )
     serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render-config", help="print the generated LiteLLM config (secrets masked)")
     render.set_defaults(func=cmd_render_config)

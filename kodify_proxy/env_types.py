@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, PlainValidator, SecretStr
 
 _TRUE = {"true", "1", "yes", "on", "y"}
 _FALSE = {"false", "0", "no", "off", "n", ""}
@@ -33,7 +33,19 @@ def _empty_to_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def parse_workers(value: Any) -> Literal["auto"] | int:
+    """KODIFY_WORKERS: `auto` (any case; empty means auto too) or a whole number 1-512."""
+    text = str(value).strip().lower()
+    if text in {"", "auto"}:
+        return "auto"
+    if not text.isdigit() or not 1 <= int(text) <= 512:
+        raise ValueError("not auto or a whole number 1-512")
+    return int(text)
+
+
 Flag = Annotated[bool, BeforeValidator(_parse_bool)]
+# `auto` (the CPUs this process may use) or how many server processes to run
+WorkerCount = Annotated[Literal["auto"] | int, PlainValidator(parse_workers)]
 OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
 

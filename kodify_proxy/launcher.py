@@ -1,4 +1,9 @@
-"""What `serve` and `render-config` share: wait for and discover upstreams, build and write the LiteLLM config."""
+"""`serve` and `render-config`: what is done once before serving (wait for and discover upstreams, migrations, the
+master key, the LiteLLM config written), the app one server process runs, and running it with uvicorn.
+
+With `serve --workers N` (kodify_proxy.workers) `prepare_launch` runs once in the supervising process and
+`build_app` once in each worker.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.types import ASGIApp
 
-    from kodify_proxy.runtime import Runtime
+    from kodify_proxy.auth import TokenVerifier
+    from kodify_proxy.preprocess import PreprocessingConfig
 
 log = logging.getLogger("kodify_proxy.launcher")
 DRAIN_WAIT = 1.0  # seconds an idle connection may still start a request once SIGTERM came
@@ -65,6 +72,59 @@ def prepare(settings: Settings, config: KodifyConfig, wait: bool) -> Prepared:
     monitor = UpstreamMonitor(config, settings, states)
     model_list = list(monitor.wanted_deployments().values())
     return Prepared(monitor, build_litellm_config(load_template(), model_list, settings))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What `serve` prepared once, before any server process starts: each one's app is built from it."""
+
+    settings: Settings
+    config: KodifyConfig
+    preprocessing: PreprocessingConfig | None
+    prepared: Prepared
+    master_key: str
+    workers: int
+
+
+def prepare_launch(settings: Settings, config: KodifyConfig, workers: int) -> tuple[Launch, TokenVerifier | None]:
+    """Everything done once per `serve`: the FIM config read, migrations (RUN_MIGRATIONS=1), the auth mode and
+    USERS_TABLE, WAIT_VLLM and discovery, the master key, LiteLLM's config written and its environment exported.
+    Returns the user database's verifier too (open for one process; `serve --workers` closes it)."""
+    from kodify_proxy import auth
+    from kodify_proxy.journal.service import prepare_journal
+    from kodify_proxy.preprocess import load_configured
+
+    preprocessing = load_configured(settings.completions_preprocessing_config)  # a bad file stops startup here
+    prepare_journal(settings, workers)
+    verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
+    prepared = prepare(settings, config, wait=settings.wait_vllm)
+    master_key = ensure_master_key(settings)
+    path = write_litellm_config(settings, prepared.litellm_config)
+    export_environment(config, master_key, path)
+    log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
+    return Launch(settings, config, preprocessing, prepared, master_key, workers), verifier
+
+
+def build_app(launch: Launch, worker: int, verifier: TokenVerifier | None) -> ASGIApp:
+    """The app of one server process: its runtime (journal spooling in `worker`'s directory; the user database
+    opened here unless `verifier` is given) bound for LiteLLM's hooks, our gateway in front of LiteLLM's app."""
+    from kodify_proxy import auth, runtime
+    from kodify_proxy.gateway import Gateway
+    from kodify_proxy.journal.service import open_journal
+
+    settings = launch.settings
+    journal = open_journal(settings, worker)
+    if verifier is None:
+        verifier = auth.start(settings, announce=False)
+    monitor = launch.prepared.monitor
+    rt = runtime.build_runtime(
+        settings, launch.config, monitor, launch.master_key, verifier, launch.preprocessing, journal
+    )
+    runtime.bind(rt)
+    monitor.mark_registered()
+    from litellm.proxy.proxy_server import app  # imports LiteLLM: only once everything above is known to be valid
+
+    return Gateway(app, rt)
 
 
 def ensure_master_key(settings: Settings) -> str:
@@ -190,26 +250,23 @@ def http_protocol(header_timeout: float) -> type:
     return OpenAIShapedProtocol
 
 
-def run(rt: Runtime, host: str, port: int) -> None:
-    """Serve our gateway in front of LiteLLM's app until SIGTERM/SIGINT.
+def run(app: ASGIApp, settings: Settings, host: str, port: int) -> None:
+    """Serve `app` in this process until SIGTERM/SIGINT.
 
     On a signal uvicorn stops accepting, lets requests in flight finish for up to KODIFY_SHUTDOWN_GRACE seconds,
     then runs the lifespan shut-down (the journal is flushed there).
     """
     import uvicorn
-    from litellm.proxy.proxy_server import app
-
-    from kodify_proxy.gateway import Gateway
 
     config = uvicorn.Config(
-        Gateway(app, rt),
+        app,
         host=host,
         port=port,
         log_level="info",
         access_log=False,
         lifespan="on",
-        http=http_protocol(rt.settings.body_timeout),
-        timeout_graceful_shutdown=rt.settings.shutdown_grace,
+        http=http_protocol(settings.body_timeout),
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
     draining_server(uvicorn.Server)(config).run()
 

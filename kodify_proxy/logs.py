@@ -8,7 +8,7 @@ filter keeps the line and drops the traceback for those. Everything else LiteLLM
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Any, Final
 
 LITELLM_LOGGERS: Final = ("LiteLLM Proxy", "LiteLLM Router", "LiteLLM")
 
@@ -38,3 +38,18 @@ def configure() -> None:
     ours.propagate = False
     for name in LITELLM_LOGGERS:
         logging.getLogger(name).addFilter(ClientErrorTracebacks())
+
+
+def name_worker(number: int) -> None:
+    """With `serve --workers N`: every line this process logs from now on (ours, LiteLLM's, uvicorn's) opens with
+    `[worker N]`, so one server's interleaved logs say which worker wrote each line."""
+    previous = logging.getLogRecordFactory()
+    prefix = f"[worker {number}] "
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if isinstance(record.msg, str):
+            record.msg = prefix + record.msg
+        return record
+
+    logging.setLogRecordFactory(factory)

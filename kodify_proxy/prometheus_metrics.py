@@ -7,7 +7,8 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange
@@ -16,14 +17,16 @@ from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN: Final = "unknown"
+# Set by `serve --workers N` before any worker imports prometheus_client: its values then live in files there.
+MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class LiveState(Collector):
-    """Gauges read when Prometheus scrapes: upstream health and the journal's backlog."""
+class UpstreamsUp(Collector):
+    """`kodify_upstream_up`, read when Prometheus scrapes from the answering process's monitor (every worker watches
+    every upstream)."""
 
-    def __init__(self, upstreams: Callable[[], dict[str, bool]], journal: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, upstreams: Callable[[], dict[str, bool]]) -> None:
         self._upstreams = upstreams
-        self._journal = journal
 
     def collect(self) -> Iterator[Metric]:
         """The current values."""
@@ -31,63 +34,82 @@ class LiveState(Collector):
         for url, healthy in self._upstreams().items():
             up.add_metric([url], 1.0 if healthy else 0.0)
         yield up
-        status = self._journal() or {}
-        yield GaugeMetricFamily(
-            "kodify_journal_queue_rows", "Journal rows waiting in memory", value=float(status.get("buffered_rows", 0))
-        )
-        yield GaugeMetricFamily(
-            "kodify_journal_spool_bytes",
-            "Bytes in the journal's local spool",
-            value=float(status.get("spooled_bytes", 0)),
-        )
-        written = CounterMetricFamily("kodify_journal_rows_written", "Journal rows stored in the database")
-        written.add_metric([], float(status.get("stored_rows", 0)))
-        yield written
 
 
 class Metrics:
-    """The metric families of one server process."""
+    """The metric families of the server: one process's, or with `multiprocess_dir` (`serve --workers N`, set as
+    PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported) every worker's, summed and merged at scrape."""
 
-    def __init__(self, served_models: Callable[[], Collection[str]]) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, served_models: Callable[[], Collection[str]], multiprocess_dir: str | None = None) -> None:
+        own = CollectorRegistry()  # where this process's metrics live; exposed as is with one process
+        self.registry = own
+        if multiprocess_dir is not None:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, multiprocess_dir)  # type: ignore[no-untyped-call]
         self._served = served_models
         route_model = ["route", "model"]
         self.requests = Counter(
             "kodify_requests",
             "Client requests by route, model and status",
             [*route_model, "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.duration = Histogram(
             "kodify_request_duration_seconds",
             "Time to the last byte",
             route_model,
             buckets=BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.ttft = Histogram(
             "kodify_time_to_first_token_seconds",
             "Streams: time to the first byte of the answer",
             route_model,
             buckets=BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
-        self.tokens = Counter("kodify_tokens", "Tokens by model and kind", ["model", "kind"], registry=self.registry)
+        self.tokens = Counter("kodify_tokens", "Tokens by model and kind", ["model", "kind"], registry=own)
         self.cancelled = Counter(
-            "kodify_cancelled_requests", "Requests whose client left first", ["route"], registry=self.registry
+            "kodify_cancelled_requests", "Requests whose client left first", ["route"], registry=own
         )
         self.in_flight = Gauge(
-            "kodify_upstream_in_flight", "Lane requests open at an upstream", ["upstream"], registry=self.registry
+            "kodify_upstream_in_flight",
+            "Lane requests open at an upstream",
+            ["upstream"],
+            registry=own,
+            multiprocess_mode="livesum",
         )
         self.events = Counter(
             "kodify_completion_events",
             "Tabby completion events (view, select, dismiss)",
             ["model", "language", "event"],
-            registry=self.registry,
+            registry=own,
         )
+        self.journal_queue = Gauge(
+            "kodify_journal_queue_rows", "Journal rows waiting in memory", registry=own, multiprocess_mode="livesum"
+        )
+        self.journal_spool = Gauge(
+            "kodify_journal_spool_bytes",
+            "Bytes in the journal's local spool",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.journal_written = Counter(
+            "kodify_journal_rows_written", "Journal rows stored in the database", registry=own
+        )
+        self._written = 0
+
+    def note_journal(self, status: dict[str, Any]) -> None:
+        """The journal writer's state (`JournalWriter.status()`): kept current every second and at each scrape."""
+        self.journal_queue.set(status.get("buffered_rows", 0))
+        self.journal_spool.set(status.get("spooled_bytes", 0))
+        stored = int(status.get("stored_rows", 0))
+        if stored > self._written:
+            self.journal_written.inc(stored - self._written)
+            self._written = stored
 
     def watch(self, collector: Collector) -> None:
-        """Add the live gauges (once the monitor and journal exist)."""
+        """Add gauges read at scrape time (once the monitor exists)."""
         self.registry.register(collector)
 
     def _model(self, model: str | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from kodify_proxy.auth import Authenticator, TokenVerifier
 from kodify_proxy.journal.service import Journal
 from kodify_proxy.lane.upstream import Lane, UpstreamPool
 from kodify_proxy.preprocess import PreprocessingConfig
-from kodify_proxy.prometheus_metrics import LiveState, Metrics
+from kodify_proxy.prometheus_metrics import MULTIPROCESS_DIR_ENV, Metrics, UpstreamsUp
 from kodify_proxy.request_recorder import RequestRecorder
 from kodify_proxy.settings import Settings
 from kodify_proxy.tabby.service import TabbyService
@@ -59,9 +60,22 @@ class Runtime:
         self.pool.start()
         if self.journal is not None:
             self.journal.start()
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch_journal(self.journal)))
         if self.verifier is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self._probe_users(self.verifier)))
         self.started = True
+
+    async def _watch_journal(self, journal: Journal) -> None:
+        """Keep the journal's gauges current (each worker's own, summed at scrape with `serve --workers`)."""
+        while True:
+            self.metrics.note_journal(journal.writer.status())
+            await asyncio.sleep(1.0)
+
+    def render_metrics(self) -> bytes:
+        """GET /metrics: this process's journal state noted first, then every family."""
+        if self.journal is not None:
+            self.metrics.note_journal(self.journal.writer.status())
+        return self.metrics.render()
 
     async def _probe_users(self, verifier: TokenVerifier) -> None:
         """Keep the user database's health current for /health without a query per request."""
@@ -99,7 +113,7 @@ def build_runtime(
     journal: Journal | None,
 ) -> Runtime:
     """Wire the services; nothing is started yet."""
-    metrics = Metrics(monitor.served_models)
+    metrics = Metrics(monitor.served_models, os.environ.get(MULTIPROCESS_DIR_ENV))
     sinks = [metrics.observe] + ([journal.record] if journal is not None else [])
     recorder = RequestRecorder(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
     pool = UpstreamPool(config.upstreams)
@@ -117,8 +131,7 @@ def build_runtime(
         lane=Lane(monitor, pool, settings, lambda url, step: metrics.in_flight.labels(url).inc(step)),
         tabby=TabbyService(monitor, preprocessing),
     )
-    journal_status = (lambda: journal.writer.status()) if journal is not None else (lambda: None)
-    metrics.watch(LiveState(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}, journal_status))
+    metrics.watch(UpstreamsUp(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}))
     return runtime
 
 

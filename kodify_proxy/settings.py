@@ -20,6 +20,7 @@ from kodify_proxy.env_types import (
     OptStr,
     VllmArgs,
     VllmDtype,
+    WorkerCount,
     ZeroOne,
     empty_to_default,
     gpus_needed,
@@ -111,6 +112,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace: int = _env(
         "KODIFY_SHUTDOWN_GRACE", "whole seconds >= 0 requests in flight may take to finish after SIGTERM", 30, ge=0
+    )
+    workers: WorkerCount = _env(
+        "KODIFY_WORKERS", "auto (the CPUs this process may use) or a whole number 1-512 of server processes", "auto"
     )
     metrics_auth: Flag = _env("KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need the master key", False)
     # Per-user token auth (auth issue, docs/auth.md): the token cache and the user database

@@ -29,13 +29,15 @@ def journal_url(settings: Settings) -> URL:
     return URL.create("sqlite", database=str(settings.resolved_state_dir() / SQLITE_NAME))
 
 
-def spool_dir(settings: Settings) -> Path:
-    """KODIFY_JOURNAL_SPOOL_DIR, else `<state dir>/journal-spool`."""
-    return (
+def spool_dir(settings: Settings, worker: int = 0) -> Path:
+    """KODIFY_JOURNAL_SPOOL_DIR, else `<state dir>/journal-spool`; worker N > 0 of `serve --workers` has its own
+    `worker-N` inside it (each spool is one process's)."""
+    base = (
         Path(settings.journal_spool_dir)
         if settings.journal_spool_dir
-        else (settings.resolved_state_dir() / "journal-spool")
+        else settings.resolved_state_dir() / "journal-spool"
     )
+    return base / f"worker-{worker}" if worker else base
 
 
 def journal_engine(url: URL, timeout: float = 5.0) -> Engine:

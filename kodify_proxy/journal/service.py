@@ -13,7 +13,7 @@ from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.database import journal_engine, journal_url, spool_dir
 from kodify_proxy.journal.migrate import MigrationError, upgrade
 from kodify_proxy.journal.record import BodyPolicy, build_row
-from kodify_proxy.journal.spool import Spool, SpoolLocked
+from kodify_proxy.journal.spool import Spool, SpoolLocked, adopt_orphans
 from kodify_proxy.journal.writer import JournalStore, JournalWriter, WriterConfig
 from kodify_proxy.settings import Settings
 
@@ -53,8 +53,8 @@ class Journal:
         )
 
 
-def build_journal(settings: Settings, url: URL) -> Journal:
-    """The journal for `url` with the KODIFY_JOURNAL_* settings (writer not started)."""
+def build_journal(settings: Settings, url: URL, worker: int = 0) -> Journal:
+    """The journal for `url` with the KODIFY_JOURNAL_* settings, spooling in `worker`'s directory (not started)."""
     policy = BodyPolicy(keep=settings.journal_bodies, max_bytes=settings.journal_body_max_bytes)
     store = JournalStore(journal_engine(url, settings.journal_db_timeout))
     config = WriterConfig(
@@ -62,30 +62,48 @@ def build_journal(settings: Settings, url: URL) -> Journal:
         flush_interval=settings.journal_flush_interval,
         retry_interval=settings.journal_retry_interval,
     )
-    writer = JournalWriter(store, Spool(spool_dir(settings)), config)
+    writer = JournalWriter(store, Spool(spool_dir(settings, worker)), config)
     return Journal(writer, url, policy)
 
 
-def open_journal(settings: Settings) -> Journal | None:
-    """None when LOGS is off; else the journal, after `upgrade head` when RUN_MIGRATIONS=1."""
+def prepare_journal(settings: Settings, workers: int) -> None:
+    """Once per `serve`, before any worker opens its journal: `upgrade head` when RUN_MIGRATIONS=1, and the rows a
+    run with more workers left in spools no worker of this run owns handed to worker 0's spool."""
     if not settings.logs:
-        return None
+        return
     try:
         url = journal_url(settings)
         if settings.run_migrations:
             revision = upgrade(url)
             log.info("Journal schema is at revision %s (%s)", revision, render_url(url))
-        journal = build_journal(settings, url)
+        adopted = adopt_orphans(spool_dir(settings), workers)
     except (DatabaseUrlError, MigrationError, SpoolLocked) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
-        raise StartupError(
-            f"journal spool {spool_dir(settings)}: {exc}; set KODIFY_JOURNAL_SPOOL_DIR to a writable directory"
-        ) from None
+        raise StartupError(_spool_problem(settings, exc)) from None
+    if adopted:
+        log.info("Journal: %d spool segments of workers this run does not have handed to worker 1", adopted)
+
+
+def _spool_problem(settings: Settings, exc: OSError) -> str:
+    return f"journal spool {spool_dir(settings)}: {exc}; set KODIFY_JOURNAL_SPOOL_DIR to a writable directory"
+
+
+def open_journal(settings: Settings, worker: int = 0) -> Journal | None:
+    """None when LOGS is off; else the journal of one server process (`prepare_journal` ran first)."""
+    if not settings.logs:
+        return None
+    try:
+        url = journal_url(settings)
+        journal = build_journal(settings, url, worker)
+    except (DatabaseUrlError, SpoolLocked) as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(_spool_problem(settings, exc)) from None
     log.info(
         "Journal on: %s, bodies %s, spool %s",
         render_url(url),
         f"up to {settings.journal_body_max_bytes} bytes" if settings.journal_bodies else "off",
-        spool_dir(settings),
+        spool_dir(settings, worker),
     )
     return journal

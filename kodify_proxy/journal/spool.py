@@ -213,6 +213,16 @@ class Spool:
             for row in rows:
                 self._reject(spool_line(row), f"request {row.request_id}: {reason}")
 
+    def adopt(self, other: Spool) -> int:
+        """Move `other`'s segments (this process owns both spools) after this one's, oldest first; how many."""
+        with self._lock:
+            segments = other._segments()
+            for segment in segments:
+                segment.rename(self.directory / f"segment-{self._next_number:012d}.jsonl")
+                self._next_number += 1
+            _fsync_dir(self.directory)
+            return len(segments)
+
     def commit(self, chunk: Chunk) -> None:
         """The chunk's rows are stored: move past them, deleting the segment once it is used up."""
         with self._lock:
@@ -223,3 +233,29 @@ class Spool:
                 self._active = None
             chunk.segment.unlink()
             self._cursor = None
+
+
+def adopt_orphans(base: Path, workers: int) -> int:
+    """Move the segments of `base/worker-N` spools that no worker of this run owns (N >= `workers`: an earlier run
+    had more) into `base`'s own, after its segments, so worker 0 stores them. Run before any worker starts; each
+    spool is locked while it is touched. Returns how many segments moved."""
+    orphans = [path for path in sorted(base.glob("worker-*")) if path.is_dir() and _worker_number(path) >= workers]
+    if not orphans or not any(orphan.glob(_SEGMENT_GLOB) for orphan in orphans):
+        return 0
+    moved = 0
+    owner = Spool(base)
+    try:
+        for orphan in orphans:
+            spool = Spool(orphan)
+            try:
+                moved += owner.adopt(spool)
+            finally:
+                spool.close()
+    finally:
+        owner.close()
+    return moved
+
+
+def _worker_number(path: Path) -> int:
+    suffix = path.name.removeprefix("worker-")
+    return int(suffix) if suffix.isdigit() else -1

@@ -10,4 +10,4 @@ from kodify_proxy.runtime import Runtime
 
 async def serve(rt: Runtime, call: Call) -> None:
     """The current values of every kodify_* family."""
-    await call.reply(200, rt.metrics.render(), CONTENT_TYPE)
+    await call.reply(200, rt.render_metrics(), CONTENT_TYPE)

@@ -1,0 +1,187 @@
+"""`serve --workers N` (KODIFY_WORKERS): N server processes on one listening socket, one service to clients.
+
+gunicorn's arbiter supervises, with uvicorn workers (the `uvicorn-worker` package, as uvicorn's documentation
+advises for production): it binds the socket, forks the workers, replaces one that dies or whose event loop stops
+answering for WORKER_TIMEOUT seconds, and on SIGTERM stops them all gracefully. What must happen once (WAIT_VLLM,
+migrations, USERS_TABLE, the master key, LiteLLM's config) is done by `launcher.prepare_launch` before the arbiter
+starts; each worker builds its own app from that (`launcher.build_app`), with its own connections, caches and
+journal writer. Each worker takes a numbered slot (a lock file), which names it in the logs and gives it its own
+journal spool: a worker that replaces a dead one takes the dead one's slot and stores what it had spooled.
+Prometheus metrics go to PROMETHEUS_MULTIPROC_DIR, so GET /metrics answers for the whole server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from starlette.types import ASGIApp
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from kodify_proxy import launcher, logs
+from kodify_proxy.errors import StartupError
+from kodify_proxy.settings import Settings
+from kodify_proxy.upstreams import KodifyConfig
+
+log = logging.getLogger("kodify_proxy.workers")
+
+# Seconds a worker may go without answering the arbiter (its event loop blocked, or still booting: importing LiteLLM
+# and starting it takes ~5-15 s on a busy box) before it is killed and replaced.
+WORKER_TIMEOUT: Final = 120
+# Seconds a worker has after KODIFY_SHUTDOWN_GRACE to run its shut-down (flush the journal) before SIGKILL.
+FLUSH_GRACE: Final = 15
+# prometheus_client's own variable (kodify_proxy.prometheus_metrics names it too, but importing that module here would
+# import prometheus_client, which reads the variable once, at import, before `serve` has set it).
+MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+KEEP_ALIVE: Final = 5  # uvicorn's default, as with one process (gunicorn's own default is 2)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota (containers) if one is set."""
+    count = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota()
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by the cgroup (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`); None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def resolve(setting: Literal["auto"] | int) -> int:
+    """KODIFY_WORKERS (or --workers) as a number of processes."""
+    return available_cpus() if setting == "auto" else setting
+
+
+def take_slot(directory: Path, count: int) -> tuple[int, int]:
+    """The lowest free worker number (0 .. count-1) and the descriptor of its lock file, held for life.
+
+    A dead worker's lock is released by the kernel, so its replacement takes its number (and spool)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        fd = os.open(directory / f"worker-{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return number, fd
+    raise StartupError(f"All {count} worker slots in {directory} are taken; is another kodify-proxy using it?")
+
+
+class KodifyWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn in a gunicorn worker, configured as `serve` with one process configures it: our HTTP protocol, the
+    lifespan on, no access log, requests in flight drained on SIGTERM."""
+
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "lifespan": "on", "access_log": False}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = self.app.launch.settings
+        self.config.http = launcher.http_protocol(settings.body_timeout)
+        self.config.timeout_graceful_shutdown = settings.shutdown_grace
+
+    serving = False
+
+    def init_signals(self) -> None:
+        """uvicorn's server re-raises the SIGTERM it drained for, once it is done; with gunicorn's default handler that
+        would kill a worker that stopped cleanly (the arbiter then logs an error). Before the server runs, the signal
+        ends the worker at once; after, it has been handled."""
+        super().init_signals()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._signalled)
+
+    def _signalled(self, sig: int, frame: Any) -> None:
+        if not self.serving:
+            sys.exit(0)
+
+    async def _serve(self) -> None:
+        # UvicornWorker._serve, with the server that accepts what the kernel queued before it stops (launcher).
+        self.serving = True
+        self.config.app = self.wsgi
+        server = launcher.draining_server(Server)(config=self.config)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None)
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def _worker_exited(arbiter: Arbiter, worker: Any) -> None:
+    """gunicorn's child_exit hook (in the arbiter): a dead worker's live gauges leave the sums."""
+    multiprocess = sys.modules["prometheus_client.multiprocess"]  # imported by `serve` (not in a signal handler)
+    multiprocess.mark_process_dead(worker.pid, os.environ[MULTIPROCESS_DIR_ENV])
+
+
+class WorkerPool(BaseApplication):  # type: ignore[misc]
+    """gunicorn configured from our settings (not from gunicorn's command line or config files)."""
+
+    def __init__(self, launch: launcher.Launch, host: str, port: int) -> None:
+        self.launch = launch
+        self.bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__()
+
+    def load_config(self) -> None:
+        """gunicorn's settings."""
+        settings = self.launch.settings
+        values: dict[str, Any] = {
+            "bind": [self.bind],
+            "workers": self.launch.workers,
+            "worker_class": "kodify_proxy.workers.KodifyWorker",
+            "timeout": WORKER_TIMEOUT,
+            "graceful_timeout": settings.shutdown_grace + FLUSH_GRACE,
+            "keepalive": KEEP_ALIVE,
+            "proc_name": "kodify-proxy",
+            "loglevel": "info",
+            "accesslog": None,
+            "errorlog": "-",
+            "child_exit": _worker_exited,
+            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+        }
+        for name, value in values.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> ASGIApp:
+        """In each worker, after the fork: its slot, its name in the logs, its app."""
+        settings = self.launch.settings
+        number, _ = take_slot(settings.resolved_state_dir() / "workers", self.launch.workers)
+        logs.name_worker(number + 1)
+        log.info("Worker %d of %d (pid %d) starting", number + 1, self.launch.workers, os.getpid())
+        return launcher.build_app(self.launch, number, None)
+
+
+def serve(settings: Settings, config: KodifyConfig, count: int, host: str, port: int) -> None:
+    """Prepare once, then run `count` workers under gunicorn's arbiter until SIGTERM/SIGINT."""
+    metrics_dir = settings.resolved_state_dir() / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with each start, as with one process
+    metrics_dir.mkdir(parents=True)
+    if "prometheus_client" in sys.modules:  # it would keep each worker's values to itself: /metrics would lie
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
+    os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+    importlib.import_module("prometheus_client.multiprocess")  # for _worker_exited
+    launch, verifier = launcher.prepare_launch(settings, config, count)
+    if verifier is not None:
+        verifier.close()  # each worker opens its own connections
+    log.info("Serving with %d worker processes", count)
+    WorkerPool(launch, host, port).run()
