@@ -123,7 +123,8 @@ class KodifyWorker(UvicornWorker):  # type: ignore[misc]
         self.config.app = self.wsgi
         server = launcher.draining_server(Server)(config=self.config)
         asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None)
-        await server.serve(sockets=self.sockets)
+        await server.serve(sockets=[listener.sock for listener in self.sockets])  # gunicorn's wrappers, unwrapped:
+        # uvicorn closes them at shut-down, and gunicorn's wrapper would log a failure for the second close
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 

@@ -129,6 +129,8 @@ def kodify_proxy(
         "KODIFY_DISCOVERY_INTERVAL": "1",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "PYTHONUNBUFFERED": "1",
+        # One process per test server (KODIFY_WORKERS defaults to auto): tests/test_workers.py runs the pool.
+        "KODIFY_WORKERS": "1",
     }
     args = [
         sys.executable,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kodify_proxy.prometheus_metrics import LiveState, Metrics
+from kodify_proxy.prometheus_metrics import Metrics, UpstreamsUp
 from tests.servers import REPO
 from tests.test_deploy import compose_binary
 
@@ -64,7 +64,7 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
 
 def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
     metrics = Metrics(lambda: {"m"})
-    metrics.watch(LiveState(lambda: {"http://u": True}, lambda: {}))
+    metrics.watch(UpstreamsUp(lambda: {"http://u": True}))
     exposed = {m.group(1) for m in re.finditer(r"^# TYPE (\S+)", metrics.render().decode(), re.MULTILINE)}
     exposed |= {name + suffix for name in exposed for suffix in ("_total", "_bucket", "_count", "_sum")}
     wanted = {name for expr in expressions() for name in re.findall(r"\b(kodify_[a-z_]+)", expr)}

@@ -1,0 +1,347 @@
+"""`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, SIGTERM
+draining both workers, SIGKILL of one worker. Per-user tokens and the journal in the real PostgreSQL, two fake
+upstreams. Which worker served a request is read from its own Prometheus file (`counter_<pid>.db` in the state dir's
+`metrics/`), so each test can show that both workers took part."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import make_url
+
+from kodify_proxy.workers import available_cpus, resolve, take_slot
+from tests.journal_support import fresh_database
+from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
+
+TTL = 1.0  # KODIFY_AUTH_CACHE_TTL of these servers
+TABBY: dict[str, Any] = {
+    "language": "python",
+    "segments": {"prefix": "def f():\n    return ", "suffix": "\n", "filepath": "src/a.py"},
+}
+
+
+# --- pure parts --------------------------------------------------------------------------------------------------
+
+
+def test_auto_is_the_cpus_this_process_may_use() -> None:
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    assert resolve("auto") == available_cpus() and resolve(3) == 3
+
+
+def test_each_worker_takes_the_lowest_free_slot_and_a_dead_ones_is_taken_again(tmp_path: Path) -> None:
+    first, first_fd = take_slot(tmp_path, 2)
+    second, second_fd = take_slot(tmp_path, 2)
+    assert (first, second) == (0, 1)
+    with pytest.raises(Exception, match="All 2 worker slots"):
+        take_slot(tmp_path, 2)
+    os.close(first_fd)  # the worker holding slot 0 died: the kernel released its lock
+    assert take_slot(tmp_path, 2)[0] == 0
+    os.close(second_fd)
+
+
+# --- the pool ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pool:
+    proxy: Server
+    upstreams: tuple[Server, Server]
+    env: dict[str, str]
+    journal_url: str
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.proxy.env["KODIFY_STATE_DIR"]) / "metrics"
+
+    def served(self, route: str) -> dict[int, dict[str, float]]:
+        """Per worker pid: its `kodify_requests_total` for `route`, by status (read from its own file)."""
+        found: dict[int, dict[str, float]] = {}
+        for path in self.metrics_dir.glob("counter_*.db"):
+            pid = int(path.stem.split("_")[1])
+            for metric in MultiProcessCollector.merge([str(path)], accumulate=True):  # type: ignore[no-untyped-call]
+                for sample in metric.samples:
+                    if sample.name == "kodify_requests_total" and sample.labels.get("route") == route:
+                        by_status = found.setdefault(pid, {})
+                        by_status[sample.labels["status"]] = by_status.get(sample.labels["status"], 0) + sample.value
+        return found
+
+    def workers(self) -> list[int]:
+        assert self.proxy.process is not None
+        children = Path(f"/proc/{self.proxy.process.pid}/task/{self.proxy.process.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+
+def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: str, name: str) -> Pool:
+    env = {
+        "MTSAI_AUTH": "true",
+        "AUTH_TYPE": "DB",
+        "DB_URL": make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False),
+        "USERS_TABLE": f"users_{uuid.uuid4().hex[:8]}",
+        "KODIFY_AUTH_CACHE_TTL": str(TTL),
+        "LOGS": "True",
+        "KODIFY_JOURNAL_URL": db,
+        "RUN_MIGRATIONS": "1",
+        "KODIFY_JOURNAL_FLUSH_INTERVAL": "0.2",
+        "KODIFY_SHUTDOWN_GRACE": "20",
+    }
+    config = upstreams_yaml(*(u.url for u in upstreams))
+    proxy = kodify_proxy(tmp, config, env={**env, "KODIFY_WORKERS": "2"}, name=name)
+    return Pool(proxy.start(timeout=180), upstreams, env, db)
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    tmp = tmp_path_factory.mktemp("workers-upstreams")
+    pair = (fake_upstream(tmp).start(), fake_upstream(tmp).start())
+    yield pair
+    for server in pair:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pool(
+    tmp_path_factory: pytest.TempPathFactory, upstreams: tuple[Server, Server], database_url: str
+) -> Iterator[Pool]:
+    with fresh_database(database_url, "kodify_workers_test") as db:
+        started = _pool(tmp_path_factory.mktemp("workers"), upstreams, database_url, db, "pool")
+        yield started
+        started.proxy.stop()
+
+
+def _token(pool: Pool, name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "kodify_proxy.cli", "users", "add", name],
+        env={**os.environ, **pool.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def _each_on_its_own_connection(count: int, send: Callable[[int], httpx.Response]) -> list[httpx.Response]:
+    """`count` requests, 4 at a time, each on a new connection: the kernel hands them to both workers."""
+    with ThreadPoolExecutor(4) as threads:
+        return list(threads.map(send, range(count)))
+
+
+def _journal_rows(url: str, like: str) -> int:
+    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        row = conn.execute("SELECT count(*) FROM kodify_journal WHERE request_body LIKE %s", (f"%{like}%",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_rows(url: str, like: str, expected: int, within: float = 15.0) -> int:
+    deadline = time.monotonic() + within
+    while (found := _journal_rows(url, like)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def _delta(before: dict[int, dict[str, float]], after: dict[int, dict[str, float]], status: str) -> dict[int, float]:
+    return {pid: after[pid].get(status, 0) - before.get(pid, {}).get(status, 0) for pid in after}
+
+
+def test_two_workers_are_one_service_and_the_counts_add_up(pool: Pool) -> None:
+    token = _token(pool, "counted")
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    marker = uuid.uuid4().hex
+    calls: dict[str, tuple[str, Any]] = {
+        "/v1/completions": ("/v1/completions", {"model": "fake-model", "prompt": f"{marker} c", "max_tokens": 3}),
+        "/v1/chat/completions": (
+            "/v1/chat/completions",
+            {"model": "fake-model", "messages": [{"role": "user", "content": f"{marker} chat"}]},
+        ),
+        "/tabby/v1/completions": (
+            "/tabby/v1/completions",
+            {**TABBY, "segments": {**TABBY["segments"], "prefix": f"# {marker}\n"}},
+        ),
+    }
+    before = {route: pool.served(route) for route in calls}
+    metrics_before = httpx.get(pool.proxy.url + "/metrics").text
+    for route, (path, body) in calls.items():
+
+        def send(i: int, path: str = path, body: Any = body) -> httpx.Response:
+            return httpx.post(pool.proxy.url + path, json=body, headers=headers, timeout=30)
+
+        assert [r.status_code for r in _each_on_its_own_connection(40, send)] == [200] * 40, route
+    time.sleep(0.2)
+    for route in calls:
+        per_worker = _delta(before[route], pool.served(route), "200")
+        assert sum(per_worker.values()) == 40, (route, per_worker)
+        assert len([n for n in per_worker.values() if n > 0]) == 2, f"{route}: one worker took all: {per_worker}"
+    # /metrics, from whichever worker answers, counts the whole server
+    for _ in range(4):
+        whole = _scraped(httpx.get(pool.proxy.url + "/metrics", headers={"Connection": "close"}).text)
+        for route in calls:
+            key = ("kodify_requests_total", route, "200")
+            assert whole[key] - _scraped(metrics_before).get(key, 0) == 40, route
+    # the journal got every worker's rows, once each
+    assert _wait_rows(pool.journal_url, marker, 120) == 120
+    time.sleep(1)
+    assert _journal_rows(pool.journal_url, marker) == 120
+
+
+def _scraped(text: str) -> dict[tuple[str, str, str], float]:
+    """kodify_requests_total by (name, route, status), summed over models."""
+    found: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("kodify_requests_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            key = ("kodify_requests_total", labels["route"].strip('"'), labels["status"].strip('"'))
+            found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_one_files_keystrokes_reach_one_upstream_from_every_worker(pool: Pool) -> None:
+    token = _token(pool, "typist")
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    marker = uuid.uuid4().hex
+    body = {**TABBY, "segments": {**TABBY["segments"], "prefix": f"# {marker}\nx = "}}
+    before = pool.served("/v1/completions")
+    sent = _each_on_its_own_connection(
+        30, lambda i: httpx.post(pool.proxy.url + "/v1/completions", json=body, headers=headers, timeout=30)
+    )
+    assert [r.status_code for r in sent] == [200] * 30
+    per_worker = _delta(before, pool.served("/v1/completions"), "200")
+    assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+    counts = sorted(int(httpx.get(u.url + "/_count", params={"contains": marker}).json()) for u in pool.upstreams)
+    assert counts == [0, 30]
+
+
+def test_a_revoked_token_is_refused_by_both_workers_within_the_ttl(pool: Pool) -> None:
+    token = _token(pool, "leaver")
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+    def chat(i: int) -> httpx.Response:
+        return httpx.post(pool.proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    assert {r.status_code for r in _each_on_its_own_connection(20, chat)} == {200}  # cached on both workers
+    subprocess.run(
+        [sys.executable, "-m", "kodify_proxy.cli", "users", "revoke", "leaver"],
+        env={**os.environ, **pool.env},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    revoked_at = time.monotonic()
+    time.sleep(TTL + 0.3)
+    before = pool.served("/v1/chat/completions")
+    refused = _each_on_its_own_connection(20, chat)
+    assert [r.status_code for r in refused] == [401] * 20, time.monotonic() - revoked_at
+    assert all("revoked" in r.json()["error"]["message"] for r in refused)
+    per_worker = _delta(before, pool.served("/v1/chat/completions"), "401")
+    assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+
+
+def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Pool) -> None:
+    token = _token(pool, "through-a-crash")
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    marker = uuid.uuid4().hex
+    workers = pool.workers()
+    assert len(workers) == 2
+    outcomes: list[str] = [""] * 8
+
+    def stream(i: int) -> None:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": f"DRIP:3 {marker}"}], "stream": True}
+        try:
+            with httpx.stream(
+                "POST", pool.proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+            ) as r:
+                lines = [line for line in r.iter_lines() if line]
+            outcomes[i] = "complete" if lines[-1] == "data: [DONE]" else "cut"
+        except httpx.HTTPError as exc:
+            outcomes[i] = type(exc).__name__
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(int(httpx.get(u.url + "/_count", params={"contains": marker}).json()) for u in pool.upstreams) < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(workers[0], signal.SIGKILL)
+    for thread in threads:
+        thread.join(40)
+    finished = Counter(outcomes)
+    # the killed worker's clients lose their stream (a cut connection), every other stream completes
+    assert finished["complete"] >= 1 and sum(finished.values()) == 8, finished
+    assert set(finished) <= {"complete", "RemoteProtocolError", "ReadError", "cut"}, finished
+    print(f"SIGKILL of one of 2 workers with 8 streams in flight: {dict(finished)}")
+    deadline = time.monotonic() + 60
+    while len(replaced := pool.workers()) < 2 or workers[0] in replaced:
+        assert time.monotonic() < deadline, "no replacement worker"
+        time.sleep(0.2)
+    ok = _each_on_its_own_connection(
+        10,
+        lambda i: httpx.post(
+            pool.proxy.url + "/v1/completions",
+            json={"model": "fake-model", "prompt": "after", "max_tokens": 2},
+            headers=headers,
+            timeout=60,
+        ),
+    )
+    assert [r.status_code for r in ok] == [200] * 10
+    completed = finished["complete"]
+    assert _wait_rows(pool.journal_url, marker, completed) >= completed  # the survivors' streams are journaled
+
+
+def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Server], database_url: str) -> None:
+    with fresh_database(database_url, "kodify_workers_test") as db:
+        pool = _pool(tmp_path, upstreams, database_url, db, "draining")
+        token = _token(pool, "draining")
+        headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+        marker = uuid.uuid4().hex
+        outcomes: list[str] = [""] * 10
+
+        def stream(i: int) -> None:
+            body = {
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": f"DRIP:2 {marker}"}],
+                "stream": True,
+            }
+            try:
+                with httpx.stream(
+                    "POST", pool.proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+                ) as r:
+                    lines = [line for line in r.iter_lines() if line]
+                outcomes[i] = "complete" if r.status_code == 200 and lines[-1] == "data: [DONE]" else "cut"
+            except httpx.HTTPError as exc:
+                outcomes[i] = type(exc).__name__
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while sum(int(httpx.get(u.url + "/_count", params={"contains": marker}).json()) for u in pool.upstreams) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert pool.proxy.process is not None
+        os.kill(pool.proxy.process.pid, signal.SIGTERM)
+        for thread in threads:
+            thread.join(40)
+        assert outcomes == ["complete"] * 10
+        assert pool.proxy.wait_exit(60) == 0
+        per_worker = pool.served("/v1/chat/completions")
+        assert len([pid for pid, counts in per_worker.items() if counts.get("200")]) == 2, per_worker
+        assert _journal_rows(db, marker) == 10  # each worker flushed its rows before it exited
+        log = pool.proxy.log_text()
+        assert "[worker 1]" in log and "[worker 2]" in log and "was sent SIGTERM" not in log
