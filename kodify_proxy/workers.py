@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -45,6 +46,7 @@ FLUSH_GRACE: Final = 15
 # prometheus_client's own variable (kodify_proxy.prometheus_metrics names it too, but importing that module here would
 # import prometheus_client, which reads the variable once, at import, before `serve` has set it).
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+BACKLOG: Final = 2048  # uvicorn's and gunicorn's default
 KEEP_ALIVE: Final = 5  # uvicorn's default, as with one process (gunicorn's own default is 2)
 
 
@@ -123,10 +125,27 @@ class KodifyWorker(UvicornWorker):  # type: ignore[misc]
         self.config.app = self.wsgi
         server = launcher.draining_server(Server)(config=self.config)
         asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None)
-        await server.serve(sockets=[listener.sock for listener in self.sockets])  # gunicorn's wrappers, unwrapped:
-        # uvicorn closes them at shut-down, and gunicorn's wrapper would log a failure for the second close
+        # gunicorn's sockets unwrapped (uvicorn closes them at shut-down; gunicorn's wrapper would log the second close
+        # as a failure), and this worker's own beside them
+        shared = [listener.sock for listener in self.sockets]
+        await server.serve(sockets=[*(own_socket(sock) for sock in shared), *shared])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def own_socket(shared: socket.socket) -> socket.socket:
+    """A listening socket of this worker's own on the shared one's address (both SO_REUSEPORT), so the kernel deals
+    new connections out evenly over the workers. On the one shared socket, whichever worker wakes first accepts every
+    connection queued (asyncio accepts up to the backlog at once): a burst of clients, or an IDE's long-lived
+    keep-alive connections, would pile onto one worker while another idles. The shared socket stays served too: it
+    is one more member of the group, and its share of connections must not wait."""
+    own = socket.socket(shared.family, socket.SOCK_STREAM)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    own.bind(shared.getsockname())
+    own.listen(BACKLOG)
+    own.setblocking(False)
+    return own
 
 
 def _worker_exited(arbiter: Arbiter, worker: Any) -> None:
@@ -153,6 +172,8 @@ class WorkerPool(BaseApplication):  # type: ignore[misc]
             "timeout": WORKER_TIMEOUT,
             "graceful_timeout": settings.shutdown_grace + FLUSH_GRACE,
             "keepalive": KEEP_ALIVE,
+            "backlog": BACKLOG,
+            "reuse_port": True,  # each worker listens on its own socket too (own_socket)
             "proc_name": "kodify-proxy",
             "loglevel": "info",
             "accesslog": None,
