@@ -98,6 +98,14 @@ class Metrics:
             "kodify_journal_rows_written", "Journal rows stored in the database", registry=own
         )
         self._written = 0
+        self._in_flight: dict[str, Gauge] = {}
+
+    def note_in_flight(self, upstream: str, step: int) -> None:
+        """A lane request opened (+1) or closed (-1) at `upstream` (its labelled child kept: `labels()` costs ~5 us)."""
+        child = self._in_flight.get(upstream)
+        if child is None:
+            child = self._in_flight[upstream] = self.in_flight.labels(upstream)
+        child.inc(step)
 
     def note_journal(self, status: dict[str, Any]) -> None:
         """The journal writer's state (`JournalWriter.status()`): kept current every second and at each scrape."""

@@ -128,7 +128,7 @@ def build_runtime(
         metrics=metrics,
         recorder=recorder,
         pool=pool,
-        lane=Lane(monitor, pool, settings, lambda url, step: metrics.in_flight.labels(url).inc(step)),
+        lane=Lane(monitor, pool, settings, metrics.note_in_flight),
         tabby=TabbyService(monitor, preprocessing),
     )
     metrics.watch(UpstreamsUp(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}))
