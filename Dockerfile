@@ -37,4 +37,5 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=10s --start-period=5m --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5)"]
+# One worker process per CPU the container may use (KODIFY_WORKERS=auto; docs/deployment.md, "Every core").
 CMD ["kodify-proxy", "serve"]

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import URL
 
 from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
+from kodify_proxy.env_types import resolve_workers
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, UpstreamState, check_all, load_config, resolve_config_path
 
@@ -134,6 +135,9 @@ def _environment_notes(settings: Settings, environ: Mapping[str, str]) -> list[F
     notes = []
     if not settings.mtsai_auth and settings.vllm_api_key is None:
         notes.append(note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)"))
+    count = resolve_workers(settings.workers)
+    how = f"auto: the {count} CPUs this process may use" if settings.workers == "auto" else "KODIFY_WORKERS"
+    notes.append(note(f"serve runs {count} worker process{'es' * (count > 1)} ({how}), ~330 MB of memory each"))
     if "LOGS_DB_POST" in environ:
         notes.append(note("LOGS_DB_POST is not read (the guide's examples misspell it): the port is LOGS_DB_PORT"))
     return notes

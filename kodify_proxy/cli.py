@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from kodify_proxy import logs
-from kodify_proxy.env_types import parse_workers
+from kodify_proxy.env_types import parse_workers, resolve_workers
 from kodify_proxy.errors import StartupError
 from kodify_proxy.journal.commands import add_journal_parsers
 from kodify_proxy.settings import Settings, SettingsError, load_settings
@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kodify_proxy import launcher, workers
 
     settings, config = _load(args)
-    count = workers.resolve(args.workers if args.workers is not None else settings.workers)
+    count = resolve_workers(args.workers if args.workers is not None else settings.workers)
     if count == 1:
         launch, verifier = launcher.prepare_launch(settings, config, count)
         launcher.run(launcher.build_app(launch, 0, verifier), settings, args.host, args.port)

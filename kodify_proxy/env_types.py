@@ -1,9 +1,13 @@
 """The value types of environment variables: booleans as the guide writes them, empty meaning unset, and the
-values the vLLM container's entrypoint turns into flags (ADDITIONAL_ARGS, NVIDIA_VISIBLE_DEVICES, …)."""
+values the vLLM container's entrypoint turns into flags (ADDITIONAL_ARGS, NVIDIA_VISIBLE_DEVICES, …), and what
+KODIFY_WORKERS=auto counts."""
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, PlainValidator, SecretStr
@@ -120,3 +124,33 @@ GpuList = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(
 AllocConf = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_valid_alloc_conf)]
 ZeroOne = Annotated[Literal["0", "1"] | None, BeforeValidator(_empty_to_none)]
 MultiprocMethod = Annotated[Literal["spawn", "fork"] | None, BeforeValidator(_empty_to_none)]
+
+
+# --- KODIFY_WORKERS=auto ---
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota (containers) if one is set."""
+    count = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota()
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by the cgroup (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`); None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def resolve_workers(setting: Literal["auto"] | int) -> int:
+    """KODIFY_WORKERS (or --workers) as a number of processes."""
+    return available_cpus() if setting == "auto" else setting

@@ -16,14 +16,13 @@ import asyncio
 import fcntl
 import importlib
 import logging
-import math
 import os
 import shutil
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -48,33 +47,6 @@ FLUSH_GRACE: Final = 15
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 BACKLOG: Final = 2048  # uvicorn's and gunicorn's default
 KEEP_ALIVE: Final = 5  # uvicorn's default, as with one process (gunicorn's own default is 2)
-
-
-def available_cpus() -> int:
-    """The CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota (containers) if one is set."""
-    count = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota()
-    return max(1, min(count, math.ceil(quota))) if quota is not None else count
-
-
-def _cgroup_quota() -> float | None:
-    """CPUs allowed by the cgroup (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`); None if unlimited."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-
-
-def resolve(setting: Literal["auto"] | int) -> int:
-    """KODIFY_WORKERS (or --workers) as a number of processes."""
-    return available_cpus() if setting == "auto" else setting
 
 
 def take_slot(directory: Path, count: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from kodify_proxy.env_types import available_cpus
 from kodify_proxy.settings import Settings
 from tests.servers import REPO, Server, free_port, upstreams_yaml
 
@@ -123,6 +124,11 @@ def test_good_setup_passes(tmp_path: Path, upstream: Server, migrated: dict[str,
     assert "ok: preprocessing config preprocess_configs/qwen.json is valid" in lines
     assert lines[-1] == "all checks passed"
     assert not has(lines, "problem:")
+    cpus = available_cpus()
+    runs = f"note: serve runs {cpus} worker process{'es' * (cpus > 1)}"
+    assert f"{runs} (auto: the {cpus} CPUs this process may use), ~330 MB of memory each" in lines
+    _, three = check(tmp_path, config, {"KODIFY_WORKERS": "3"}, "--env-file", str(env_file))
+    assert "note: serve runs 3 worker processes (KODIFY_WORKERS), ~330 MB of memory each" in three
 
 
 def test_bad_variables_missing_files_all_at_once(tmp_path: Path) -> None:

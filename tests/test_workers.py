@@ -25,7 +25,8 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import make_url
 
-from kodify_proxy.workers import available_cpus, resolve, take_slot
+from kodify_proxy.env_types import available_cpus, resolve_workers
+from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
 
@@ -41,7 +42,7 @@ TABBY: dict[str, Any] = {
 
 def test_auto_is_the_cpus_this_process_may_use() -> None:
     assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
-    assert resolve("auto") == available_cpus() and resolve(3) == 3
+    assert resolve_workers("auto") == available_cpus() and resolve_workers(3) == 3
 
 
 def test_each_worker_takes_the_lowest_free_slot_and_a_dead_ones_is_taken_again(tmp_path: Path) -> None:
@@ -345,3 +346,7 @@ def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Se
         assert _journal_rows(db, marker) == 10  # each worker flushed its rows before it exited
         log = pool.proxy.log_text()
         assert "[worker 1]" in log and "[worker 2]" in log and "was sent SIGTERM" not in log
+        # what must happen once happened once, before the workers: migrations, the master key, LiteLLM's config
+        assert log.count("Journal schema is at revision") == 1
+        assert log.count("generated one for the LiteLLM admin API") == 1
+        assert log.count("Serving models:") == 1 and log.count("Serving with 2 worker processes") == 1
