@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,20 +99,30 @@ end
 """
 
 
-def wrk(target: Target, body: dict[str, Any], seconds: float, concurrency: int, tmp: Path) -> dict[str, float]:
-    """One run of wrk (C, so the load generator's own cost stays out of the numbers)."""
+def wrk(
+    target: Target,
+    body: dict[str, Any],
+    seconds: float,
+    concurrency: int,
+    tmp: Path,
+    path: str = "/v1/completions",
+) -> dict[str, float]:
+    """One run of wrk (C, so the load generator's own cost stays out of the numbers); `cpu_s` is what wrk spent."""
     script, body_file = tmp / "bench.lua", tmp / f"body-{abs(hash(json.dumps(body)))}.json"
     script.write_text(WRK_SCRIPT)
     body_file.write_text(json.dumps(body))
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_AUTH": target.headers.get("Authorization", "")}
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script)]
-    done = subprocess.run([*command, target.base + "/v1/completions"], capture_output=True, text=True, env=env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([*command, target.base + path], capture_output=True, text=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{"requests"')]
     if not lines:
         raise RuntimeError(f"{target.name}: wrk said\n{done.stdout}{done.stderr}")
     result: dict[str, float] = json.loads(lines[-1])
     if result["status_errors"] or result["socket_errors"] or not result["requests"]:
         raise RuntimeError(f"{target.name}: {result}\n{done.stdout}{done.stderr}")
+    result["cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return result
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,20 +26,9 @@ from typing import Any
 
 import httpx
 
+from bench.bench_lane import Target, wrk
 from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
 
-WRK_SCRIPT = """
-local body = io.open(os.getenv("BENCH_BODY")):read("*a")
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = body
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, '
-    .. '"p50_us": %d, "p99_us": %d}\\n', summary.requests, summary.duration, e.status,
-    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
-end
-"""
 SCENARIOS: dict[str, tuple[str, dict[str, Any], int]] = {  # path, body, stream events per answer
     "completions": ("/v1/completions", {"model": "fast-model", "prompt": "def add(a, b):\n", "max_tokens": 16}, 0),
     "chat-stream": (
@@ -50,25 +37,6 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], int]] = {  # path, body, stream 
         20,  # role + 16 content + finish + usage + [DONE]
     ),
 }
-
-
-def wrk(url: str, body: dict[str, Any], seconds: int, concurrency: int, tmp: Path) -> dict[str, float]:
-    """One wrk run against `url`; `cpu_s` is what wrk itself spent."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    script, body_file = tmp / "bench.lua", tmp / "body.json"
-    script.write_text(WRK_SCRIPT)
-    body_file.write_text(json.dumps(body))
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body_file)})
-    lines = [line for line in done.stdout.splitlines() if line.startswith('{"requests"')]
-    if not lines:
-        raise RuntimeError(f"wrk said\n{done.stdout}{done.stderr}")
-    result: dict[str, float] = json.loads(lines[-1])
-    if result["status_errors"] or result["socket_errors"] or not result["requests"]:
-        raise RuntimeError(f"{url}: {result}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return result
 
 
 def processes(server: Server) -> list[int]:
@@ -103,7 +71,7 @@ def measure(
     results: dict[str, Any] = {}
     for scenario, (path, body, events) in SCENARIOS.items():
         for server in servers.values():
-            wrk(server.url + path, body, 2, concurrency, tmp)  # warm-up
+            wrk(Target(f"workers-{len(servers)}", server.url, {}), body, 2, concurrency, tmp, path)  # warm-up
         runs: dict[int, list[dict[str, float]]] = {n: [] for n in servers}
         cpu: dict[int, float] = dict.fromkeys(servers, 0.0)
         others: dict[int, float] = dict.fromkeys(servers, 0.0)  # wrk and the upstream
@@ -111,7 +79,7 @@ def measure(
             for workers, server in servers.items():
                 pids, upstream_pids = processes(server), processes(upstream)
                 before, upstream_before = cpu_seconds(pids), cpu_seconds(upstream_pids)
-                run = wrk(server.url + path, body, seconds, concurrency, tmp)
+                run = wrk(Target(f"workers-{workers}", server.url, {}), body, seconds, concurrency, tmp, path)
                 runs[workers].append(run)
                 cpu[workers] += cpu_seconds(pids) - before
                 others[workers] += cpu_seconds(upstream_pids) - upstream_before + run["cpu_s"]

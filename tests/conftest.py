@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,14 @@ import pytest
 
 from tests.journal_support import slow_upstream
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Warnings are errors (pyproject.toml): an unclosed connection, socket or file is reported when the garbage
+    collector finds it. Collecting after every test reports it in the test that left it, not in a later one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,7 @@ def test_the_same_rows_twice_are_stored_once(clean_db: str) -> None:
     store = JournalStore(journal_engine(parse_url(clean_db)))
     store.insert([make_row(1), make_row(2)])
     store.insert([make_row(2), make_row(3)])
+    store.engine.dispose()
     assert ids_in_insert_order(clean_db) == ["w-000001", "w-000002", "w-000003"]
 
 
@@ -139,7 +140,8 @@ def test_an_outage_spools_rows_and_replays_them_in_order(clean_db: str, tmp_path
 def test_a_locked_table_delays_neither_submit_nor_loses_rows(clean_db: str, tmp_path: Path) -> None:
     writer = make_writer(clean_db, tmp_path, timeout=1.0)
     writer.start()
-    blocker = sa.create_engine(clean_db).connect()
+    blocking = sa.create_engine(clean_db)
+    blocker = blocking.connect()
     transaction = blocker.begin()
     blocker.execute(sa.text("LOCK TABLE kodify_journal IN ACCESS EXCLUSIVE MODE"))
     try:
@@ -151,6 +153,7 @@ def test_a_locked_table_delays_neither_submit_nor_loses_rows(clean_db: str, tmp_
     finally:
         transaction.rollback()
         blocker.close()
+        blocking.dispose()
     assert wait_until(lambda: writer.stored == 1000)
     writer.close()
     assert sorted(ids_in_insert_order(clean_db)) == [f"w-{i:06d}" for i in range(1000)]
@@ -180,6 +183,7 @@ def test_a_row_the_database_refuses_is_stored_as_its_minimal_row(clean_db: str) 
     store = JournalStore(journal_engine(parse_url(clean_db), 5.0))
     refused = make_row(1).model_copy(update={"prompt_tokens": 2**40})  # validation skipped: PostgreSQL refuses it
     assert store.insert_each([make_row(0), refused]) == []
+    store.engine.dispose()
     stored = {row["request_id"]: row for row in journal_rows(clean_db, order="request_id")}
     assert sorted(stored) == ["w-000000", "w-000001"]
     assert stored["w-000001"]["error_type"] == UNSTORABLE
@@ -227,5 +231,6 @@ def test_sqlite_journal(tmp_path: Path) -> None:
     with engine.connect() as connection:
         ids = [r[0] for r in connection.execute(sa.text("SELECT request_id FROM kodify_journal ORDER BY rowid"))]
         body = connection.execute(sa.text("SELECT response_body FROM kodify_journal LIMIT 1")).scalar_one()
+    engine.dispose()
     assert ids == [f"w-{i:06d}" for i in range(60)]
     assert body == "Привет"

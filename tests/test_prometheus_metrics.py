@@ -104,16 +104,17 @@ def prometheus(tmp: Path, target: str) -> subprocess.Popen[bytes]:
         "global: {scrape_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: kodify\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-        ],
-        stdout=(tmp / "prometheus.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp / "prometheus.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     process.port = port  # type: ignore[attr-defined]
     return process
 
@@ -134,8 +135,8 @@ def query(port: int, expression: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path) -> None:
-    client = httpx.Client(base_url=scraped.url, timeout=30)
+def send_every_kind(client: httpx.Client, scraped: Server) -> None:
+    """7 completions, 3 chat streams, a 404, a Tabby completion with its view and select, one abandoned request."""
     for i in range(7):
         assert client.post("/v1/completions", json={"model": "fake-model", "prompt": f"x{i}"}).status_code == 200
     for _ in range(3):
@@ -149,6 +150,11 @@ def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path)
         assert client.post("/v1/events", json=event).status_code == 200
     abandon_sync(scraped.url + "/v1/completions", {"model": "fake-model", "prompt": "DRIP:3"}, after=0.3)
     time.sleep(0.5)
+
+
+def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path) -> None:
+    with httpx.Client(base_url=scraped.url, timeout=30) as client:
+        send_every_kind(client, scraped)
     server = prometheus(tmp_path, f"127.0.0.1:{scraped.port}")
     port = server.port  # type: ignore[attr-defined]
     try:

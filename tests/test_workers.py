@@ -253,36 +253,51 @@ def test_a_revoked_token_is_refused_by_both_workers_within_the_ttl(pool: Pool) -
     assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
 
 
+class Streams:
+    """`count` chat streams in flight at once (each chunk DRIP seconds apart upstream), then what each one got:
+    `complete` (to [DONE]), `cut`, or the httpx error that ended it."""
+
+    def __init__(self, pool: Pool, headers: dict[str, str], count: int, drip: float) -> None:
+        self.marker, self.outcomes = uuid.uuid4().hex, [""] * count
+        self._pool, self._headers, self._drip = pool, headers, drip
+        self._threads = [threading.Thread(target=self._stream, args=(i,)) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while self._at_upstreams() < count:  # every one of them is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def _at_upstreams(self) -> int:
+        counts = (httpx.get(u.url + "/_count", params={"contains": self.marker}) for u in self._pool.upstreams)
+        return sum(int(count.json()) for count in counts)
+
+    def _stream(self, i: int) -> None:
+        content = f"DRIP:{self._drip} {self.marker}"
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": content}], "stream": True}
+        url = self._pool.proxy.url + "/v1/chat/completions"
+        try:
+            with httpx.stream("POST", url, json=body, headers=self._headers, timeout=30) as response:
+                lines = [line for line in response.iter_lines() if line]
+            whole = response.status_code == 200 and lines[-1] == "data: [DONE]"
+            self.outcomes[i] = "complete" if whole else "cut"
+        except httpx.HTTPError as exc:
+            self.outcomes[i] = type(exc).__name__
+
+    def finished(self) -> list[str]:
+        for thread in self._threads:
+            thread.join(40)
+        return self.outcomes
+
+
 def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Pool) -> None:
     token = _token(pool, "through-a-crash")
     headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
-    marker = uuid.uuid4().hex
     workers = pool.workers()
     assert len(workers) == 2
-    outcomes: list[str] = [""] * 8
-
-    def stream(i: int) -> None:
-        body = {"model": "fake-model", "messages": [{"role": "user", "content": f"DRIP:3 {marker}"}], "stream": True}
-        try:
-            with httpx.stream(
-                "POST", pool.proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
-            ) as r:
-                lines = [line for line in r.iter_lines() if line]
-            outcomes[i] = "complete" if lines[-1] == "data: [DONE]" else "cut"
-        except httpx.HTTPError as exc:
-            outcomes[i] = type(exc).__name__
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 10
-    while sum(int(httpx.get(u.url + "/_count", params={"contains": marker}).json()) for u in pool.upstreams) < 8:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    streams = Streams(pool, headers, 8, drip=3)
     os.kill(workers[0], signal.SIGKILL)
-    for thread in threads:
-        thread.join(40)
-    finished = Counter(outcomes)
+    finished = Counter(streams.finished())
     # the killed worker's clients lose their stream (a cut connection), every other stream completes
     assert finished["complete"] >= 1 and sum(finished.values()) == 8, finished
     assert set(finished) <= {"complete", "RemoteProtocolError", "ReadError", "cut"}, finished
@@ -302,7 +317,7 @@ def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Poo
     )
     assert [r.status_code for r in ok] == [200] * 10
     completed = finished["complete"]
-    assert _wait_rows(pool.journal_url, marker, completed) >= completed  # the survivors' streams are journaled
+    assert _wait_rows(pool.journal_url, streams.marker, completed) >= completed  # the survivors' streams are journaled
 
 
 def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Server], database_url: str) -> None:
@@ -310,40 +325,14 @@ def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Se
         pool = _pool(tmp_path, upstreams, database_url, db, "draining")
         token = _token(pool, "draining")
         headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
-        marker = uuid.uuid4().hex
-        outcomes: list[str] = [""] * 10
-
-        def stream(i: int) -> None:
-            body = {
-                "model": "fake-model",
-                "messages": [{"role": "user", "content": f"DRIP:2 {marker}"}],
-                "stream": True,
-            }
-            try:
-                with httpx.stream(
-                    "POST", pool.proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
-                ) as r:
-                    lines = [line for line in r.iter_lines() if line]
-                outcomes[i] = "complete" if r.status_code == 200 and lines[-1] == "data: [DONE]" else "cut"
-            except httpx.HTTPError as exc:
-                outcomes[i] = type(exc).__name__
-
-        threads = [threading.Thread(target=stream, args=(i,)) for i in range(10)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 10
-        while sum(int(httpx.get(u.url + "/_count", params={"contains": marker}).json()) for u in pool.upstreams) < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        streams = Streams(pool, headers, 10, drip=2)
         assert pool.proxy.process is not None
         os.kill(pool.proxy.process.pid, signal.SIGTERM)
-        for thread in threads:
-            thread.join(40)
-        assert outcomes == ["complete"] * 10
+        assert streams.finished() == ["complete"] * 10
         assert pool.proxy.wait_exit(60) == 0
         per_worker = pool.served("/v1/chat/completions")
         assert len([pid for pid, counts in per_worker.items() if counts.get("200")]) == 2, per_worker
-        assert _journal_rows(db, marker) == 10  # each worker flushed its rows before it exited
+        assert _journal_rows(db, streams.marker) == 10  # each worker flushed its rows before it exited
         log = pool.proxy.log_text()
         assert "[worker 1]" in log and "[worker 2]" in log and "was sent SIGTERM" not in log
         # what must happen once happened once, before the workers: migrations, the master key, LiteLLM's config

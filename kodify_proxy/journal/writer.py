@@ -139,6 +139,7 @@ class JournalWriter:
             if left:
                 log.warning("Journal: %d rows spooled at shutdown; they are stored at the next start", len(left))
         self.spool.close()
+        self.store.engine.dispose()  # the pooled connection (one stuck in a call is left to its thread)
 
     def status(self) -> dict[str, Any]:
         """For /health and logs: database reachable, rows buffered, spooled bytes, rows stored."""
