@@ -116,6 +116,7 @@ def _valid_alloc_conf(value: str | None) -> str | None:
 
 
 OptFloat = Annotated[float | None, BeforeValidator(_empty_to_none)]
+OptInt = Annotated[int | None, BeforeValidator(_empty_to_none)]
 VllmDtype = Annotated[
     Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None, BeforeValidator(_empty_to_none)
 ]

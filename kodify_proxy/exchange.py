@@ -55,6 +55,8 @@ class Exchange:
     awaiting_litellm: bool = False  # served by LiteLLM: wait for its log event before the record is final
     saw_success: bool = False
     saw_failure: bool = False
+    limited: tuple[str, str] | None = None  # (identity, kind) counted by the limiter: released when recorded
+    rate_limited: str | None = None  # the limit that refused this request (429), e.g. chat_requests_per_minute
 
     def final_status(self) -> int:
         """The status the client saw; 499 when it left before the response ended, 500 when none was sent."""

@@ -25,6 +25,8 @@ from kodify_proxy.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from kodify_proxy.exchange import Exchange
+from kodify_proxy.limits import ROUTE_KINDS, RateLimited
 from kodify_proxy.protocol import parse_object
 from kodify_proxy.request_recorder import observed_receive, observed_send
 from kodify_proxy.routes import HANDLERS
@@ -110,6 +112,7 @@ class Gateway:
         try:
             identity = await self._identity(route, scope)
             exchange.user_id, exchange.key_alias = identity.user_id, identity.key_alias
+            await self._admit(route, scope, identity, exchange)
             call = Call(route, scope, receive, send, identity, exchange)
             if route.json_body and not await self._read_json(call):
                 return
@@ -128,6 +131,20 @@ class Gateway:
                 await send_error(send, bug, headers)
         finally:
             self.rt.recorder.end(exchange)
+
+    async def _admit(self, route: surface.Route, scope: Scope, identity: Identity, exchange: Exchange) -> None:
+        """The caller's limits for this kind of work (KODIFY_LIMIT_*): counted in, or a 429 before anything else
+        is done (the body is not read, no upstream is asked)."""
+        kind = ROUTE_KINDS.get(route.kind)
+        if kind is None or identity.master or not self.rt.limiter.active():
+            return
+        key, who = limit_identity(identity, scope)
+        try:
+            if await self.rt.limiter.admit(key, kind, exchange.request_id, who):
+                exchange.limited = (key, kind)
+        except RateLimited as refused:
+            exchange.rate_limited = refused.code
+            raise
 
     async def _identity(self, route: surface.Route, scope: Scope) -> Identity:
         """Auth before anything else; open routes (and /metrics unless KODIFY_METRICS_AUTH) need none."""
@@ -166,6 +183,16 @@ def _auth_headers(scope: Scope) -> dict[str, str]:
         if value is not None:
             found[name.decode()] = value
     return found
+
+
+def limit_identity(identity: Identity, scope: Scope) -> tuple[str, str]:
+    """Whom limits count for (a key, and how a 429 names them): the user of a per-user token, else the client's
+    address as uvicorn gives it (X-Forwarded-For is used only from FORWARDED_ALLOW_IPS, 127.0.0.1 by default)."""
+    if identity.key_hash is not None:
+        return f"user:{identity.user_id}", f"user {identity.user_id}"
+    client = scope.get("client")
+    address = str(client[0]) if client else "unknown"
+    return f"addr:{address}", f"client {address}"
 
 
 def _not_found_message(path: str) -> str:

@@ -99,6 +99,17 @@ class Metrics:
         )
         self._written = 0
         self._in_flight: dict[str, Gauge] = {}
+        self.rate_limited = Counter(
+            "kodify_rate_limited",
+            "Requests refused by a limit (429), by route and limit",
+            ["route", "limit"],
+            registry=own,
+        )
+        self.limiter_errors = Counter(
+            "kodify_rate_limiter_errors",
+            "Limit checks that could not reach the counts (Redis) and let the request through",
+            registry=own,
+        )
 
     def note_in_flight(self, upstream: str, step: int) -> None:
         """A lane request opened (+1) or closed (-1) at `upstream` (its labelled child kept: `labels()` costs ~5 us)."""
@@ -137,6 +148,8 @@ class Metrics:
                 self.tokens.labels(model, kind).inc(count)
         if status == STATUS_CLIENT_CLOSED:
             self.cancelled.labels(route).inc()
+        if exchange.rate_limited is not None:
+            self.rate_limited.labels(route, exchange.rate_limited).inc()
         if exchange.event is not None and status < 400:
             language = exchange.language or UNKNOWN
             self.events.labels(model, language, str(exchange.event.get("type"))).inc()

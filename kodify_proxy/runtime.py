@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from kodify_proxy.auth import Authenticator, TokenVerifier
 from kodify_proxy.journal.service import Journal
 from kodify_proxy.lane.upstream import Lane, UpstreamPool
+from kodify_proxy.limits import Limiter, build_limiter
 from kodify_proxy.preprocess import PreprocessingConfig
 from kodify_proxy.prometheus_metrics import MULTIPROCESS_DIR_ENV, Metrics, UpstreamsUp
 from kodify_proxy.request_recorder import RequestRecorder
@@ -45,6 +46,7 @@ class Runtime:
     pool: UpstreamPool
     lane: Lane
     tabby: TabbyService
+    limiter: Limiter
     litellm: ASGIApp | None = None  # LiteLLM's FastAPI app, once imported
     started: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -97,6 +99,7 @@ class Runtime:
         if drained:
             log.info("%d requests recorded at shutdown without LiteLLM's last event", drained)
         await self.pool.aclose()
+        await self.limiter.aclose()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
         if self.verifier is not None:
@@ -114,7 +117,8 @@ def build_runtime(
 ) -> Runtime:
     """Wire the services; nothing is started yet."""
     metrics = Metrics(monitor.served_models, os.environ.get(MULTIPROCESS_DIR_ENV))
-    sinks = [metrics.observe] + ([journal.record] if journal is not None else [])
+    limiter = build_limiter(settings, metrics.limiter_errors.inc)
+    sinks = [metrics.observe, limiter.settle] + ([journal.record] if journal is not None else [])
     recorder = RequestRecorder(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
     pool = UpstreamPool(config.upstreams)
     runtime = Runtime(
@@ -130,6 +134,7 @@ def build_runtime(
         pool=pool,
         lane=Lane(monitor, pool, settings, metrics.note_in_flight),
         tabby=TabbyService(monitor, preprocessing),
+        limiter=limiter,
     )
     metrics.watch(UpstreamsUp(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}))
     return runtime

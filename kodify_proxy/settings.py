@@ -16,6 +16,7 @@ from kodify_proxy.env_types import (
     GpuList,
     MultiprocMethod,
     OptFloat,
+    OptInt,
     OptSecret,
     OptStr,
     VllmArgs,
@@ -117,6 +118,51 @@ class Settings(BaseSettings):
         "KODIFY_WORKERS", "auto (the CPUs this process may use) or a whole number 1-512 of server processes", "auto"
     )
     metrics_auth: Flag = _env("KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need the master key", False)
+    # Fair share (docs/limits.md): per-user limits for each kind of work, and where they are counted
+    limit_completions_rpm: OptInt = _env(
+        "KODIFY_LIMIT_COMPLETIONS_RPM",
+        "a whole number >= 1 of completions requests per minute per user; empty: unlimited",
+        ge=1,
+    )
+    limit_completions_concurrency: OptInt = _env(
+        "KODIFY_LIMIT_COMPLETIONS_CONCURRENCY",
+        "a whole number >= 1 of completions requests in flight per user; empty: unlimited",
+        ge=1,
+    )
+    limit_completions_tokens_per_day: OptInt = _env(
+        "KODIFY_LIMIT_COMPLETIONS_TOKENS_PER_DAY",
+        "a whole number >= 1 of completions tokens (prompt + completion) per user per UTC day; empty: unlimited",
+        ge=1,
+    )
+    limit_chat_rpm: OptInt = _env(
+        "KODIFY_LIMIT_CHAT_RPM", "a whole number >= 1 of chat requests per minute per user; empty: unlimited", ge=1
+    )
+    limit_chat_concurrency: OptInt = _env(
+        "KODIFY_LIMIT_CHAT_CONCURRENCY",
+        "a whole number >= 1 of chat requests in flight per user; empty: unlimited",
+        ge=1,
+    )
+    limit_chat_tokens_per_day: OptInt = _env(
+        "KODIFY_LIMIT_CHAT_TOKENS_PER_DAY",
+        "a whole number >= 1 of chat tokens (prompt + completion) per user per UTC day; empty: unlimited",
+        ge=1,
+    )
+    limit_embeddings_rpm: OptInt = _env(
+        "KODIFY_LIMIT_EMBEDDINGS_RPM",
+        "a whole number >= 1 of embeddings requests per minute per user; empty: unlimited",
+        ge=1,
+    )
+    limit_embeddings_concurrency: OptInt = _env(
+        "KODIFY_LIMIT_EMBEDDINGS_CONCURRENCY",
+        "a whole number >= 1 of embeddings requests in flight per user; empty: unlimited",
+        ge=1,
+    )
+    limit_embeddings_tokens_per_day: OptInt = _env(
+        "KODIFY_LIMIT_EMBEDDINGS_TOKENS_PER_DAY",
+        "a whole number >= 1 of embeddings tokens (prompt + completion) per user per UTC day; empty: unlimited",
+        ge=1,
+    )
+    redis_url: OptSecret = _env("REDIS_URL", "a Redis URL, e.g. redis://redis:6379/0 (limits shared by every process)")
     # Per-user token auth (auth issue, docs/auth.md): the token cache and the user database
     auth_cache_ttl: float = _env(
         "KODIFY_AUTH_CACHE_TTL",
@@ -188,7 +234,15 @@ class Settings(BaseSettings):
 
 
 SECRET_VARIABLES = frozenset(
-    {"VLLM_API_KEY", "DB_URL", "LOGS_DB_PASSWORD", "LITELLM_MASTER_KEY", "KODIFY_JOURNAL_URL", "DATABASE_URL"}
+    {
+        "VLLM_API_KEY",
+        "DB_URL",
+        "LOGS_DB_PASSWORD",
+        "LITELLM_MASTER_KEY",
+        "KODIFY_JOURNAL_URL",
+        "DATABASE_URL",
+        "REDIS_URL",
+    }
 )
 
 
