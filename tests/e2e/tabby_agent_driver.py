@@ -8,6 +8,7 @@ and token only from `$HOME/.tabby-client/agent/config.toml` and never posts even
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -65,6 +66,7 @@ class RecordingRelay:
     target: str
     seen: list[Seen] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _client: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -73,7 +75,7 @@ class RecordingRelay:
 
     def start(self) -> RecordingRelay:
         relay = self
-        client = httpx.Client(timeout=120)
+        client = self._client = httpx.Client(timeout=120)
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -108,6 +110,8 @@ class RecordingRelay:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self._client is not None:
+            self._client.close()
 
     def paths(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of everything seen, in order."""
@@ -150,6 +154,10 @@ class _Agent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        for pipe in (self.process.stdin, self.process.stdout):  # the reader thread has seen the end by now
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

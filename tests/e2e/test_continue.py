@@ -59,16 +59,28 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
             sink.shutdown(socket.SHUT_WR)
 
 
+def _relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Both directions of one connection; both sockets closed when both are done."""
+    with client, upstream:
+        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back.start()
+        _pump(client, upstream)
+        back.join()
+
+
 def relay_connections(listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
     """Accept on `listener` until it is shut down; pipe each connection to a new `connect()`, both ways."""
     while True:
         try:
             client, _ = listener.accept()
-            upstream = connect()
         except OSError:
             return
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+        try:
+            upstream = connect()
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,11 +22,12 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 
 @pytest.fixture
-def client(vllm_proxy: Server, sent: ResponseCounter) -> openai.OpenAI:
+def client(vllm_proxy: Server, sent: ResponseCounter) -> Iterator[openai.OpenAI]:
     """The official SDK pointed at the journaling proxy; every response it gets is counted."""
-    return openai.OpenAI(
+    with openai.OpenAI(
         base_url=vllm_proxy.url + "/v1", api_key="unused", max_retries=0, http_client=sent.http_client()
-    )
+    ) as sdk:
+        yield sdk
 
 
 def _client(proxy: Server) -> openai.OpenAI:
@@ -111,17 +113,17 @@ def test_stopped_upstream(tmp_path: Path, vllm: str) -> None:
     proxy = kodify_proxy(tmp_path, upstreams_yaml(vllm, decoy.url), name="two-upstreams").start()
     try:
         decoy.stop()
-        client = _client(proxy)
-        for _ in range(4):
-            reply = client.completions.create(model=SERVED_MODEL, prompt="import", max_tokens=2, temperature=0)
-            assert reply.choices[0].text
+        with _client(proxy) as client:
+            for _ in range(4):
+                reply = client.completions.create(model=SERVED_MODEL, prompt="import", max_tokens=2, temperature=0)
+                assert reply.choices[0].text
     finally:
         proxy.stop()
     dead = f"http://127.0.0.1:{free_port()}"
     lonely = kodify_proxy(tmp_path, f"upstreams:\n  {dead}:\n    models: [{SERVED_MODEL}]\n", name="dead").start()
     try:
-        with pytest.raises(openai.APIStatusError) as caught:
-            _client(lonely).completions.create(model=SERVED_MODEL, prompt="x", max_tokens=2)
+        with _client(lonely) as client, pytest.raises(openai.APIStatusError) as caught:
+            client.completions.create(model=SERVED_MODEL, prompt="x", max_tokens=2)
         assert caught.value.status_code in (502, 503) and dead in str(caught.value)
         assert httpx.get(lonely.url + "/health").status_code == 503
     finally:

@@ -149,10 +149,10 @@ def test_openai_sdk_legacy_completion_with_suffix(vllm_proxy: Server, vllm: str,
     )
     assert rejected.status_code == 400 and "suffix" in rejected.text  # why the proxy folds it into the prompt
     # The counting client: this proxy journals, and the journal check compares rows with responses counted.
-    client = openai.OpenAI(
+    with openai.OpenAI(
         base_url=vllm_proxy.url + "/v1", api_key="unused", max_retries=0, http_client=sent.http_client()
-    )
-    reply = client.completions.create(model=SERVED_MODEL, prompt=prefix, suffix=suffix, max_tokens=4, temperature=0)
+    ) as client:
+        reply = client.completions.create(model=SERVED_MODEL, prompt=prefix, suffix=suffix, max_tokens=4, temperature=0)
     text = reply.choices[0].text
     assert text.strip()
     assert text == direct_text(vllm, fim.FimInput(prefix, suffix), load_shipped("qwen"), max_tokens=4)
