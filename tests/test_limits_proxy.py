@@ -118,7 +118,7 @@ def test_tokens_per_day_count_what_the_upstream_reported(pair: tuple[Server, Ser
     body = {"model": "fake-embed", "input": "one two three"}
     used = 0
     statuses = []
-    for server in (first, second) * 4:
+    for server in (first, second) * 8:  # the fake upstream reports 2 tokens per embedding
         response = httpx.post(server.url + "/v1/embeddings", json=body, headers=who, timeout=30)
         statuses.append(response.status_code)
         if response.status_code == 200:
