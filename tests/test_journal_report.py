@@ -152,6 +152,18 @@ def test_since_leaves_out_older_requests(journal_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_429s_per_user(kind: str, database_url: str, tmp_path: Path) -> None:
+    refused = ROWS[3].model_copy(update={"request_id": "6", "status": 429, "error_type": "rate_limit_error"})
+    with filled_journal(kind, [*ROWS, refused], database_url, tmp_path) as url:
+        engine = journal_engine(parse_url(url))
+        try:
+            by_user = {row.key: (row.requests, row.errors, row.limited) for row in load_usage(engine, "user")}
+        finally:
+            engine.dispose()
+    assert by_user == {"-": (1, 1, 0), "alice": (3, 1, 0), "bob": (2, 1, 1)}
+
+
 def test_render_usage_shows_acceptance() -> None:
     rows = [UsageRow("python", 4, 0, 0, 0, 5.0, 5.0, shown=4, accepted=1), UsageRow("go", 1, 0, 0, 0, None, None)]
     text = render_usage(rows, rows[:1], "language")
@@ -159,6 +171,7 @@ def test_render_usage_shows_acceptance() -> None:
         "language",
         "requests",
         "errors",
+        "limited",
         "prompt_tokens",
         "completion_tokens",
         "p50_ms",
@@ -171,12 +184,15 @@ def test_render_usage_shows_acceptance() -> None:
 
 
 def test_render_usage() -> None:
-    assert render_usage(BY_MODEL, TOTAL, "model") == (
-        "model  requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms  shown  accepted  acceptance\n"
-        "m1            4       1             13                  6    15.0    37.0      0         0           -\n"
-        "m2            1       1              0                  0    30.0    30.0      0         0           -\n"
-        "TOTAL         5       2             13                  6    20.0    38.0      0         0           -\n"
-    )
+    lines = [
+        "model  requests  errors  limited  prompt_tokens  completion_tokens  p50_ms  p95_ms  shown  accepted",
+        "m1            4       1        0             13                  6    15.0    37.0      0         0",
+        "m2            1       1        0              0                  0    30.0    30.0      0         0",
+        "TOTAL         5       2        0             13                  6    20.0    38.0      0         0",
+    ]
+    acceptance = ["  acceptance", "           -", "           -", "           -"]
+    expected = "".join(line + tail + "\n" for line, tail in zip(lines, acceptance, strict=True))
+    assert render_usage(BY_MODEL, TOTAL, "model") == expected
 
 
 @pytest.mark.parametrize(
@@ -206,13 +222,14 @@ def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == (
-        "user   requests  errors  prompt_tokens  completion_tokens  p50_ms  p95_ms  shown  accepted  acceptance\n"
-        "-             1       1              0                  0     1.0     1.0      0         0           -\n"
-        "alice         2       1              7                  2    25.0    29.5      0         0           -\n"
-        "bob           1       0              1                  1    40.0    40.0      0         0           -\n"
-        "TOTAL         4       2              8                  3    25.0    38.5      0         0           -\n"
-    )
+    header = "user requests errors limited prompt_tokens completion_tokens p50_ms p95_ms shown accepted acceptance"
+    assert [line.split() for line in done.stdout.splitlines()] == [
+        header.split(),
+        ["-", "1", "1", "0", "0", "0", "1.0", "1.0", "0", "0", "-"],
+        ["alice", "2", "1", "0", "7", "2", "25.0", "29.5", "0", "0", "-"],
+        ["bob", "1", "0", "0", "1", "1", "40.0", "40.0", "0", "0", "-"],
+        ["TOTAL", "4", "2", "0", "8", "3", "25.0", "38.5", "0", "0", "-"],
+    ]
 
 
 def test_an_empty_journal_reports_a_zero_total(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The usage report from the journal: requests, errors, tokens, p50/p95 latency, and how many Tabby completions were
-shown and accepted, by user, model, language or day."""
+"""The usage report from the journal: requests, errors (and of them the requests a limit refused), tokens, p50/p95
+latency, and how many Tabby completions were shown and accepted, by user, model, language or day."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class UsageRow:
     p95_ms: float | None
     shown: int = 0  # Tabby `view` events
     accepted: int = 0  # Tabby `select` events
+    limited: int = 0  # requests refused by a limit (429, counted among the errors too)
 
     @property
     def acceptance(self) -> float | None:
@@ -74,6 +75,7 @@ def _totals_query(key: ColumnElement[Any], since: datetime | None, with_percenti
         key.label("key"),
         func.count().label("requests"),
         func.sum(case((journal.c.error_type.is_not(None), 1), else_=0)).label("errors"),
+        func.sum(case((journal.c.status == 429, 1), else_=0)).label("limited"),
         func.coalesce(func.sum(journal.c.prompt_tokens), 0).label("prompt_tokens"),
         func.coalesce(func.sum(journal.c.completion_tokens), 0).label("completion_tokens"),
     ]
@@ -147,6 +149,7 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
                 _rounded(p95),
                 shown,
                 accepted,
+                int(row["limited"] or 0),
             )
         )
     if by is None and not report:
@@ -157,6 +160,7 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
 _HEADERS = (
     "requests",
     "errors",
+    "limited",
     "prompt_tokens",
     "completion_tokens",
     "p50_ms",
@@ -175,6 +179,7 @@ def _cells(row: UsageRow) -> list[str]:
         row.key,
         str(row.requests),
         str(row.errors),
+        str(row.limited),
         str(row.prompt_tokens),
         str(row.completion_tokens),
         shown(row.p50_ms),
