@@ -23,7 +23,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kodify_proxy.errors import StartupError, Unauthorized, UpstreamUnavailable
 from kodify_proxy.settings import Settings
-from kodify_proxy.users import UserDatabaseError, UserRecord, UserStore, hash_token, is_token_shaped
+from kodify_proxy.users import (
+    LimitOverride,
+    UserDatabaseError,
+    UserRecord,
+    UserStore,
+    hash_token,
+    is_token_shaped,
+)
 
 log = logging.getLogger("kodify_proxy.auth")
 
@@ -220,6 +227,7 @@ class Identity:
     key_alias: str
     key_hash: str | None = None  # the token's SHA-256 (never the token) for LiteLLM's logging metadata
     master: bool = False
+    limits: tuple[LimitOverride, ...] = ()  # the user's own limits (`users limit`), where they differ
 
 
 ANONYMOUS: Final = Identity("anonymous", "kodify-dummy")
@@ -278,7 +286,7 @@ async def _check_user(verifier: TokenVerifier, token: str) -> Identity:
             f"Cannot check the API key right now: {exc}. Retry shortly; if it persists, ask the "
             "administrator to check the user database (DB_URL)"
         ) from None
-    return Identity(user.name, "kodify-user-token", user.token_sha256)
+    return Identity(user.name, "kodify-user-token", user.token_sha256, limits=user.limits)
 
 
 class Authenticator:

@@ -136,11 +136,11 @@ class Gateway:
         """The caller's limits for this kind of work (KODIFY_LIMIT_*): counted in, or a 429 before anything else
         is done (the body is not read, no upstream is asked)."""
         kind = ROUTE_KINDS.get(route.kind)
-        if kind is None or identity.master or not self.rt.limiter.active():
+        if kind is None or identity.master or not (self.rt.limiter.active() or identity.limits):
             return
         key, who = limit_identity(identity, scope)
         try:
-            if await self.rt.limiter.admit(key, kind, exchange.request_id, who):
+            if await self.rt.limiter.admit(key, kind, exchange.request_id, who, identity.limits):
                 exchange.limited = (key, kind)
         except RateLimited as refused:
             exchange.rate_limited = refused.code

@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, Protocol
 from kodify_proxy.errors import KodifyError
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.settings import Settings
+from kodify_proxy.users import UNLIMITED, LimitOverride
 
 log = logging.getLogger("kodify_proxy.limits")
 
@@ -51,6 +52,20 @@ class Limits:
         """Whether anything is limited."""
         return self.rpm is not None or self.concurrency is not None or self.tokens_per_day is not None
 
+    def overridden(self, own: LimitOverride | None) -> Limits:
+        """These defaults with a user's own limits laid over them (their None: the default; 0: unlimited)."""
+        if own is None:
+            return self
+
+        def pick(default: int | None, mine: int | None) -> int | None:
+            return default if mine is None else (None if mine == UNLIMITED else mine)
+
+        return Limits(
+            pick(self.rpm, own.rpm),
+            pick(self.concurrency, own.concurrency),
+            pick(self.tokens_per_day, own.tokens_per_day),
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -73,7 +88,7 @@ class RateLimited(KodifyError):
         }[limit]
         super().__init__(
             f"Rate limit reached for {who}: {what}. Retry in {retry_after} s; the administrator sets these limits "
-            "(KODIFY_LIMIT_*)",
+            "(KODIFY_LIMIT_*, `kodify-proxy users limit`)",
             headers={"Retry-After": str(retry_after)},
         )
         self.limit_code = f"{kind}_{limit}"
@@ -266,13 +281,13 @@ class Limiter:
         self._releasing: set[asyncio.Task[None]] = set()
 
     def active(self) -> bool:
-        """Whether any limit is set at all (else no check is made)."""
+        """Whether any default limit is set at all (else only users with limits of their own are checked)."""
         return any(limits.any() for limits in self.defaults.values())
 
-    async def admit(self, key: str, kind: Kind, request_id: str, who: str) -> bool:
+    async def admit(self, key: str, kind: Kind, request_id: str, who: str, own: tuple[LimitOverride, ...] = ()) -> bool:
         """Count the request in, or raise RateLimited; False when nothing was counted (no limit, or the counts
-        could not be reached), so there is nothing to release."""
-        limits = self.defaults[kind]
+        could not be reached), so there is nothing to release. `own`: the user's own limits (`users limit`)."""
+        limits = self.defaults[kind].overridden(next((o for o in own if o.kind == kind), None))
         if not limits.any():
             return False
         try:

@@ -49,6 +49,29 @@ USER_NAME_RULE = "1-128 characters: letters, digits and . _ @ + - (starting with
 REQUIRED_COLUMNS = frozenset({"name", "token_sha256", "created_at", "token_issued_at", "expires_at", "revoked_at"})
 
 Status = Literal["active", "revoked", "expired"]
+LIMIT_KINDS = ("completions", "chat", "embeddings")
+LIMIT_FIELDS = ("rpm", "concurrency", "tokens_per_day")
+UNLIMITED = 0  # a stored override of 0: no limit for this user, whatever KODIFY_LIMIT_* says
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """One user's own limits for one kind of work (`users limit`): None is the default (KODIFY_LIMIT_*), 0 none."""
+
+    kind: str
+    rpm: int | None = None
+    concurrency: int | None = None
+    tokens_per_day: int | None = None
+
+    def describe(self) -> str:
+        """`chat-rpm=5 chat-concurrency=unlimited`, the set fields only."""
+        parts = []
+        for field in LIMIT_FIELDS:
+            value = getattr(self, field)
+            if value is not None:
+                shown = "unlimited" if value == UNLIMITED else str(value)
+                parts.append(f"{self.kind}-{field.replace('_', '-')}={shown}")
+        return " ".join(parts)
 
 
 class UserError(Exception):
@@ -119,6 +142,26 @@ def build_table(metadata: MetaData, table: TableName) -> Table:
     )
 
 
+def limits_table_name(table: TableName) -> TableName:
+    """Per-user limits live beside USERS_TABLE, in a table of their own: `<table>_limits` (same schema)."""
+    return TableName(table.schema, f"{table.name[:56]}_limits")
+
+
+def build_limits_table(metadata: MetaData, table: TableName) -> Table:
+    """The per-user limits: one row per user and kind of work that differs from the defaults."""
+    limits = limits_table_name(table)
+    return Table(
+        limits.name,
+        metadata,
+        Column("user_name", String(128), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("rpm", Integer, nullable=True),
+        Column("concurrency", Integer, nullable=True),
+        Column("tokens_per_day", Integer, nullable=True),
+        schema=limits.schema,
+    )
+
+
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes: we store UTC, so say so."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -138,6 +181,7 @@ class UserRecord:
     token_issued_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    limits: tuple[LimitOverride, ...] = ()  # their own limits, where they differ from KODIFY_LIMIT_*
 
     def status(self, now: datetime) -> Status:
         """active, revoked, or expired at `now`."""
@@ -148,8 +192,8 @@ class UserRecord:
         return "active"
 
     @classmethod
-    def from_row(cls, row: Any) -> UserRecord:
-        """A record from a selected row of the users table."""
+    def from_row(cls, row: Any, limits: tuple[LimitOverride, ...] = ()) -> UserRecord:
+        """A record from a selected row of the users table (and the user's rows of the limits table)."""
         return cls(
             name=row.name,
             token_sha256=row.token_sha256,
@@ -157,6 +201,7 @@ class UserRecord:
             token_issued_at=_utc(row.token_issued_at),
             expires_at=_utc_or_none(row.expires_at),
             revoked_at=_utc_or_none(row.revoked_at),
+            limits=limits,
         )
 
 
@@ -169,13 +214,19 @@ class IssuedToken:
     expires_at: datetime | None
 
 
+def _override(row: Any) -> LimitOverride:
+    return LimitOverride(row.kind, row.rpm, row.concurrency, row.tokens_per_day)
+
+
 class UserStore:
     """USERS_TABLE at DB_URL: create it, add/list/revoke/rotate users, find a user by token hash (all blocking)."""
 
     def __init__(self, url: URL, table: TableName, timeout: float = 3.0) -> None:
         self.url = url
         self.table_name = table
-        self.table = build_table(MetaData(), table)
+        metadata = MetaData()
+        self.table = build_table(metadata, table)
+        self.limits_table = build_limits_table(metadata, table)
         self.timeout = timeout
         self.engine: Engine = database.create_engine(url, timeout=timeout, pool_size=4, application_name="kodify-proxy")
 
@@ -245,22 +296,47 @@ class UserStore:
         return set(REQUIRED_COLUMNS - {c["name"] for c in columns})
 
     def find_by_hash(self, digest: str) -> UserRecord | None:
-        """The user whose current token hashes to `digest`, whatever their status."""
+        """The user whose current token hashes to `digest`, whatever their status, with their own limits."""
         with self.engine.connect() as conn:
             row = conn.execute(select(self.table).where(self.table.c.token_sha256 == digest)).first()
-        return None if row is None else UserRecord.from_row(row)
+            return None if row is None else UserRecord.from_row(row, self._limits_of(conn, row.name))
 
     def get(self, name: str) -> UserRecord | None:
         """The user called `name`."""
         with self.engine.connect() as conn:
             row = conn.execute(select(self.table).where(self.table.c.name == name)).first()
-        return None if row is None else UserRecord.from_row(row)
+            return None if row is None else UserRecord.from_row(row, self._limits_of(conn, name))
 
     def list_users(self) -> list[UserRecord]:
         """Every user, by name."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(self.table).order_by(self.table.c.name)).all()
-        return [UserRecord.from_row(r) for r in rows]
+            limits = conn.execute(select(self.limits_table).order_by(self.limits_table.c.kind)).all()
+        by_user: dict[str, list[LimitOverride]] = {}
+        for limit in limits:
+            by_user.setdefault(limit.user_name, []).append(_override(limit))
+        return [UserRecord.from_row(r, tuple(by_user.get(r.name, ()))) for r in rows]
+
+    def _limits_of(self, conn: Any, name: str) -> tuple[LimitOverride, ...]:
+        query = select(self.limits_table).where(self.limits_table.c.user_name == name)
+        return tuple(_override(limit) for limit in conn.execute(query.order_by(self.limits_table.c.kind)))
+
+    def set_limits(self, name: str, kind: str, values: dict[str, int | None]) -> UserRecord:
+        """Change `name`'s own limits for `kind`: each field given to a number (0: unlimited) or None (back to the
+        default); fields not given stay as they are. A kind with nothing of its own left has no row."""
+        if kind not in LIMIT_KINDS:
+            raise UserError(f"unknown kind of work {kind!r}: use one of {', '.join(LIMIT_KINDS)}")
+        record = self.get(name)
+        if record is None:
+            raise self._no_such_user(name)
+        current = next((limit for limit in record.limits if limit.kind == kind), LimitOverride(kind))
+        merged = {field: values.get(field, getattr(current, field)) for field in LIMIT_FIELDS}
+        table = self.limits_table
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.user_name == name, table.c.kind == kind))
+            if any(value is not None for value in merged.values()):
+                conn.execute(insert(table).values(user_name=name, kind=kind, **merged))
+        return self.get(name) or record
 
     def add(self, name: str, expires_at: datetime | None) -> IssuedToken:
         """A new user with a new token; UserError when the name is taken."""

@@ -1,4 +1,5 @@
-"""`kodify-proxy users add|list|revoke|rotate`: per-user tokens in USERS_TABLE (a new token is printed once)."""
+"""`kodify-proxy users add|list|revoke|rotate|limit`: per-user tokens in USERS_TABLE (a new token is printed once),
+and each user's own limits (docs/limits.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from kodify_proxy.settings import Settings, SettingsError, load_settings
-from kodify_proxy.users import IssuedToken, UserDatabaseError, UserError, UserRecord, UserStore
+from kodify_proxy.users import (
+    LIMIT_FIELDS,
+    LIMIT_KINDS,
+    UNLIMITED,
+    IssuedToken,
+    UserDatabaseError,
+    UserError,
+    UserRecord,
+    UserStore,
+)
 
 EXIT_FAILED = 1
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
@@ -46,7 +56,7 @@ def _when(value: datetime | None, empty: str = "-") -> str:
 
 def render_users(users: list[UserRecord], now: datetime) -> str:
     """`users list` output: one line per user, never a token or its hash."""
-    header = ("NAME", "STATUS", "CREATED", "TOKEN ISSUED", "EXPIRES", "REVOKED")
+    header = ("NAME", "STATUS", "CREATED", "TOKEN ISSUED", "EXPIRES", "REVOKED", "LIMITS")
     rows = [header] + [
         (
             u.name,
@@ -55,6 +65,7 @@ def render_users(users: list[UserRecord], now: datetime) -> str:
             _when(u.token_issued_at),
             _when(u.expires_at, "never"),
             _when(u.revoked_at),
+            " ".join(limit.describe() for limit in u.limits) or "defaults",
         )
         for u in users
     ]
@@ -102,6 +113,34 @@ def _list(store: UserStore, args: argparse.Namespace, now: datetime) -> None:
     sys.stdout.write(render_users(store.list_users(), now))
 
 
+def parse_limit(raw: str) -> int | None:
+    """A `users limit` value: a whole number >= 1, `unlimited` (stored 0) or `default` (None)."""
+    value = raw.strip().lower()
+    if value == "default":
+        return None
+    if value == "unlimited":
+        return UNLIMITED
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give a whole number >= 1, unlimited, or default")
+    return int(value)
+
+
+def _limit(store: UserStore, args: argparse.Namespace, now: datetime) -> None:
+    record = store.get(args.name)
+    if record is None:
+        raise UserError(f"no user {args.name!r}; `kodify-proxy users list` shows the users, `users add` creates one")
+    for kind in LIMIT_KINDS:
+        given = {field: getattr(args, f"{kind}_{field}") for field in LIMIT_FIELDS}
+        given = {field: value for field, value in given.items() if value is not _NOT_GIVEN}
+        if given:
+            record = store.set_limits(args.name, kind, given)
+    own = " ".join(limit.describe() for limit in record.limits)
+    print(f"{record.name}: {own or 'the defaults (KODIFY_LIMIT_*)'}; servers apply it within KODIFY_AUTH_CACHE_TTL.")
+
+
+_NOT_GIVEN = object()
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     """Run one `users` subcommand against the configured user database."""
     action: Callable[[UserStore, argparse.Namespace, datetime], None] = args.users_action
@@ -141,3 +180,13 @@ def add_users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     rotate.add_argument("name")
     rotate.add_argument("--expires", default="never", help=EXPIRES_HELP)
     rotate.set_defaults(users_action=_rotate)
+    limit = actions.add_parser(
+        "limit",
+        help="set a user's own limits (a number, unlimited, or default = KODIFY_LIMIT_*); shown by `users list`",
+    )
+    limit.add_argument("name")
+    for kind in LIMIT_KINDS:
+        for field in LIMIT_FIELDS:
+            flag = f"--{kind}-{field.replace('_', '-')}"
+            limit.add_argument(flag, type=parse_limit, default=_NOT_GIVEN, metavar="N|unlimited|default")
+    limit.set_defaults(users_action=_limit)

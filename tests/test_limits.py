@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from kodify_proxy.limits import DAY_MS, Kind, Limiter, Limits, LocalCounts, RateLimited, RedisCounts
+from kodify_proxy.users import UNLIMITED, LimitOverride
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -164,7 +165,7 @@ def test_the_429_names_the_limit_and_when_to_retry() -> None:
     assert orjson.loads(refused.render()) == {
         "error": {
             "message": "Rate limit reached for user alice: 20 chat requests per minute. Retry in 12 s; the "
-            "administrator sets these limits (KODIFY_LIMIT_*)",
+            "administrator sets these limits (KODIFY_LIMIT_*, `kodify-proxy users limit`)",
             "type": "rate_limit_error",
             "param": None,
             "code": "chat_requests_per_minute",
@@ -186,6 +187,14 @@ def test_unreachable_counts_let_requests_through_and_say_so(caplog: pytest.LogCa
     assert run(scenario()) == [False, False, False]  # let through, nothing counted to release
     assert len(errors) == 3
     assert sum("Rate limiter: the check failed" in r.message for r in caplog.records) == 1  # at most every 10 s
+
+
+def test_a_users_own_limits_lie_over_the_defaults() -> None:
+    defaults = Limits(rpm=5, concurrency=2, tokens_per_day=1000)
+    assert defaults.overridden(None) == defaults
+    assert defaults.overridden(LimitOverride("chat", rpm=1)) == Limits(1, 2, 1000)
+    assert defaults.overridden(LimitOverride("chat", concurrency=UNLIMITED, tokens_per_day=50)) == Limits(5, None, 50)
+    assert Limits().overridden(LimitOverride("chat", rpm=3)) == Limits(rpm=3)
 
 
 def test_no_limit_set_means_no_check_at_all() -> None:

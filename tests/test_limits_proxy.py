@@ -5,10 +5,12 @@ trusts it by default), so its counts are its own."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
 
@@ -205,3 +208,52 @@ def test_redis_stopped_mid_run_lets_requests_through_loudly_then_limits_again(
         assert statuses == [200, 200, 429]  # counted again (the client reconnects by itself)
     finally:
         proxy.stop()
+
+
+# --- per-user limits ---------------------------------------------------------------------------------------------
+
+
+def test_a_users_own_limit_applies_to_them_alone(tmp_path: Path, upstream: Server, database_url: str) -> None:
+    """Per-user tokens, no default limit, counted in the server itself (no REDIS_URL); alice gets 1 chat a minute."""
+    env = {
+        "MTSAI_AUTH": "true",
+        "AUTH_TYPE": "DB",
+        "DB_URL": make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False),
+        "USERS_TABLE": f"limits_users_{uuid.uuid4().hex[:8]}",
+        "KODIFY_AUTH_CACHE_TTL": "1",
+    }
+
+    def users(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "kodify_proxy.cli", "users", *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    alice, bob = users("add", "alice"), users("add", "bob")
+    users("limit", "alice", "--chat-rpm", "1")
+    proxy = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env, name="limits-users").start(timeout=180)
+    try:
+
+        def chat(token: str) -> httpx.Response:
+            auth = {"Authorization": f"Bearer {token}"}
+            return httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=30)
+
+        assert [chat(alice).status_code, chat(bob).status_code, chat(bob).status_code] == [200, 200, 200]
+        refused = chat(alice)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["message"].startswith("Rate limit reached for user alice: 1 chat requests")
+        users("limit", "alice", "--chat-rpm", "default")  # no default set: unlimited, once the cache has let go
+        time.sleep(1.2)
+        assert chat(alice).status_code == 200
+    finally:
+        proxy.stop()
+        engine = create_engine(database_url)
+        with engine.begin() as connection:
+            for table in (env["USERS_TABLE"], env["USERS_TABLE"] + "_limits"):
+                connection.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()

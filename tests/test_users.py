@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 
 from kodify_proxy.database import DatabaseUrlError, parse_url
 from kodify_proxy.users import (
+    UNLIMITED,
+    LimitOverride,
     UserDatabaseError,
     UserError,
     UserStore,
@@ -237,6 +239,29 @@ def test_add_revoke_rotate_and_expiry(backend: Backend) -> None:
             action("carol")
 
 
+def test_each_users_own_limits_are_kept_beside_the_table(backend: Backend) -> None:
+    store = backend.store
+    store.ensure_table()
+    issued = store.add("fred", None)
+    store.add("gina", None)
+    store.set_limits("fred", "chat", {"rpm": 5, "tokens_per_day": UNLIMITED})
+    store.set_limits("fred", "completions", {"concurrency": 2})
+    store.set_limits("fred", "chat", {"rpm": None})  # back to the default; tokens_per_day stays
+    found = store.find_by_hash(hash_token(issued.token))  # what the server's token check loads, in one go
+    assert found is not None and found.limits == (
+        LimitOverride("chat", None, None, UNLIMITED),
+        LimitOverride("completions", None, 2, None),
+    )
+    listed = {user.name: user.limits for user in store.list_users()}
+    assert listed == {"fred": found.limits, "gina": ()}
+    store.set_limits("fred", "completions", {"concurrency": None})
+    assert [limit.kind for limit in store.get("fred").limits] == ["chat"]  # type: ignore[union-attr]
+    with pytest.raises(UserError, match="unknown kind of work 'images'"):
+        store.set_limits("fred", "images", {"rpm": 1})
+    with pytest.raises(UserError, match="no user 'nobody'"):
+        store.set_limits("nobody", "chat", {"rpm": 1})
+
+
 def test_bad_user_names_are_refused(backend: Backend) -> None:
     backend.store.ensure_table()
     for name in ("", "with space", "-dash-first", "x" * 129, "semi;colon"):
@@ -299,8 +324,8 @@ def test_list_rendering_shows_status_never_tokens(backend: Backend) -> None:
     backend.store.revoke("erin")
     text_out = render_users(backend.store.list_users(), datetime.now(UTC))
     lines = text_out.splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "CREATED", "TOKEN", "ISSUED", "EXPIRES", "REVOKED"]
-    assert lines[1].split()[:2] == ["dora", "active"] and "never" in lines[1]
+    assert lines[0].split() == ["NAME", "STATUS", "CREATED", "TOKEN", "ISSUED", "EXPIRES", "REVOKED", "LIMITS"]
+    assert lines[1].split()[:2] == ["dora", "active"] and "never" in lines[1] and lines[1].endswith("defaults")
     assert lines[2].split()[:2] == ["erin", "revoked"]
     assert issued.token not in text_out and hash_token(issued.token) not in text_out
 
@@ -332,6 +357,15 @@ def test_users_commands_end_to_end(backend: Backend) -> None:
     assert rotated.returncode == 0 and is_token_shaped(new) and new != token
     assert backend.store.find_by_hash(hash_token(token)) is None
     assert run_users(env, "list").stdout.splitlines()[1].split()[:2] == ["alice", "active"]
+
+    limited = run_users(env, "limit", "alice", "--chat-rpm", "3", "--completions-concurrency", "unlimited")
+    assert limited.returncode == 0, limited.stderr
+    assert limited.stdout.startswith("alice: chat-rpm=3 completions-concurrency=unlimited;")
+    assert run_users(env, "list").stdout.splitlines()[1].endswith("chat-rpm=3 completions-concurrency=unlimited")
+    reset = run_users(env, "limit", "alice", "--chat-rpm", "default", "--completions-concurrency", "default")
+    assert reset.returncode == 0 and reset.stdout.startswith("alice: the defaults (KODIFY_LIMIT_*)")
+    wrong = run_users(env, "limit", "alice", "--chat-rpm", "0")
+    assert wrong.returncode == 2 and "give a whole number >= 1, unlimited, or default" in wrong.stderr
 
     missing = run_users(env, "revoke", "nobody")
     assert missing.returncode == 1 and "no user 'nobody'" in missing.stderr
