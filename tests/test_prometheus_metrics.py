@@ -78,6 +78,7 @@ def test_buckets_suit_autocompletion_and_chat() -> None:
         ("kodify_journal_queue_rows", ()): 0.0,  # the journal's own families, without labels, are always there
         ("kodify_journal_spool_bytes", ()): 0.0,
         ("kodify_journal_rows_written_total", ()): 0.0,
+        ("kodify_rate_limiter_errors_total", ()): 0.0,
     }  # nothing observed: no request samples
     metrics = Metrics(lambda: {"m"})
     metrics.observe(exchange(model="m"))
