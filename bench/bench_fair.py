@@ -8,7 +8,7 @@ on 127.0.0.1:6379. For each server:
   alone   the typist sends --keystrokes autocompletions one after the other (greedy, 16 tokens): p50/p95.
   flood   the flooder keeps --flood chats in flight (each streamed to the end, 64 tokens; on a 429 it waits out
           Retry-After, as the OpenAI SDKs do) while the typist types again; the typist's p50/p95, the flooder's
-          answers and 429s, and vLLM's queue (`vllm:num_requests_waiting`, sampled every 0.25 s).
+          answers and 429s, and vLLM's queue and batch (`vllm:num_requests_waiting`, `_running`, every 0.25 s).
 Then the limiter's own cost: Limiter.admit + release against the same Redis, in process, per request.
 Without --vllm a real vLLM server is started (scripts/vllm-serve.sh, the tiny model).
 """
@@ -81,13 +81,15 @@ async def flood(
             seen[str(r.status)] = seen.get(str(r.status), 0) + 1
 
 
-async def queue_samples(vllm: str, stop: asyncio.Event, samples: list[float]) -> None:
+async def queue_samples(vllm: str, stop: asyncio.Event, samples: dict[str, list[float]]) -> None:
+    """vLLM's queue and batch (`vllm:num_requests_waiting`, `_running`) every 0.25 s."""
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             async with session.get(vllm + "/metrics") as r:
                 text = await r.text()
-            found = re.findall(r"^vllm:num_requests_waiting\{[^}]*\} (\S+)", text, re.MULTILINE)
-            samples.append(sum(float(v) for v in found))
+            for name, values in samples.items():
+                found = re.findall(rf"^vllm:num_requests_{name}\{{[^}}]*\}} (\S+)", text, re.MULTILINE)
+                values.append(sum(float(v) for v in found))
             await asyncio.sleep(0.25)
 
 
@@ -102,9 +104,9 @@ async def measure(base: str, vllm: str, model: str, flooders: int, strokes: int)
         await keystrokes(session, base, model, 5)  # warm-up
         alone = summary(await keystrokes(session, base, model, strokes))
         stop, seen = asyncio.Event(), {"200": 0, "429": 0}
-        waiting: list[float] = []
+        vllm_state: dict[str, list[float]] = {"waiting": [], "running": []}
         floods = [asyncio.create_task(flood(session, base, model, stop, seen)) for _ in range(flooders)]
-        sampler = asyncio.create_task(queue_samples(vllm, stop, waiting))
+        sampler = asyncio.create_task(queue_samples(vllm, stop, vllm_state))
         await asyncio.sleep(5)  # the flood is under way
         started = time.monotonic()
         during = summary(await keystrokes(session, base, model, strokes))
@@ -118,8 +120,11 @@ async def measure(base: str, vllm: str, model: str, flooders: int, strokes: int)
         "flooder_answers": seen.get("200", 0),
         "flooder_429": seen["429"],
         "flood_seconds": round(elapsed + 5, 1),
-        "vllm_waiting_mean": round(statistics.mean(waiting), 1) if waiting else None,
-        "vllm_waiting_max": max(waiting) if waiting else None,
+        **{
+            f"vllm_{name}_{how}": round(pick(values), 1) if values else None
+            for name, values in vllm_state.items()
+            for how, pick in (("mean", statistics.mean), ("max", max))
+        },
     }
 
 
