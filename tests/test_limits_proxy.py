@@ -61,7 +61,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Server) -> Iterator
             server.stop()
 
 
-def test_two_servers_share_one_count_and_the_429_says_which_limit(pair: tuple[Server, Server, Path]) -> None:
+def test_two_servers_share_one_count_and_the_429_says_which_limit(
+    pair: tuple[Server, Server, Path], upstream: Server
+) -> None:
     first, second, journal = pair
     who = client_address()
     statuses = [
@@ -74,6 +76,10 @@ def test_two_servers_share_one_count_and_the_429_says_which_limit(pair: tuple[Se
     assert error["type"] == "rate_limit_error" and error["code"] == "chat_requests_per_minute"
     assert error["message"].startswith(f"Rate limit reached for client {who['X-Forwarded-For']}:")  # as forwarded
     assert 55 <= int(refused.headers["retry-after"]) <= 60
+    marker = uuid.uuid4().hex  # a refused request never reaches the upstream
+    unsent = {**CHAT, "messages": [{"role": "user", "content": marker}]}
+    assert httpx.post(second.url + "/v1/chat/completions", json=unsent, headers=who, timeout=30).status_code == 429
+    assert httpx.get(upstream.url + "/_count", params={"contains": marker}).json() == 0
     # the other kinds, and other clients, are not touched by it
     assert httpx.post(second.url + "/v1/chat/completions", json=CHAT, headers=client_address()).status_code == 200
     body = {"model": "fake-model", "prompt": "x", "max_tokens": 2}
@@ -109,6 +115,10 @@ def test_a_slot_in_flight_frees_when_its_client_leaves(pair: tuple[Server, Serve
         busy = httpx.post(second.url + "/v1/completions", json=body, headers=who, timeout=30)
         assert busy.status_code == 429 and busy.json()["error"]["code"] == "completions_concurrency"
         assert busy.headers["retry-after"] == "1"
+        tabby = {"language": "python", "segments": {"prefix": "x = ", "suffix": "\n"}}  # the same kind of work
+        for path in ("/v1/completions", "/tabby/v1/completions"):
+            held_too = httpx.post(second.url + path, json=tabby, headers=who, timeout=30)
+            assert held_too.status_code == 429 and held_too.json()["error"]["code"] == "completions_concurrency"
     deadline = time.monotonic() + 5  # the client left: the upstream call is cancelled and the slot freed
     while httpx.post(second.url + "/v1/completions", json=body, headers=who, timeout=30).status_code != 200:
         assert time.monotonic() < deadline, "the slot was not freed after the client left"
