@@ -1,4 +1,4 @@
-"""The `kodify-proxy` command line: serve, render-config, check."""
+"""The `kodify-proxy` command line: serve, render-config, check, migrate, usage, users."""
 
 from __future__ import annotations
 
@@ -67,9 +67,29 @@ def workers_arg(value: str) -> Literal["auto"] | int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def version() -> str:
+    """The installed package's version, and the LiteLLM release it serves with."""
+    from importlib import metadata
+
+    try:
+        ours = metadata.version("kodify-proxy")
+    except metadata.PackageNotFoundError:
+        ours = "0+unknown"
+    try:
+        litellm = metadata.version("litellm")
+    except metadata.PackageNotFoundError:
+        litellm = "not installed"
+    return f"{ours} (litellm {litellm})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="kodify-proxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kodify-proxy",
+        description="kodify-proxy, the API server of the Kodify AI coding assistant (LiteLLM proxy + vLLM). Commands: "
+        "serve, render-config, check, migrate, usage, users; `kodify-proxy COMMAND --help` for each.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API server")
     serve.add_argument("--host", default="0.0.0.0")
