@@ -12,11 +12,13 @@ Kind = Literal[
     "tabby_completions",
     "embeddings",
     "models",
+    "model",
     "tabby_health",
     "tabby_setting",
     "tabby_events",
     "health",
     "liveness",
+    "readiness",
     "metrics",
 ]
 Auth = Literal["client", "open", "metrics"]
@@ -48,6 +50,8 @@ def _tabby(path: str, kind: Kind, methods: frozenset[str]) -> tuple[Route, Route
     return Route(path, methods, kind, json_body=body), Route("/tabby" + path, methods, kind, json_body=body)
 
 
+MODEL_PREFIX: Final = "/v1/models/"
+MODEL_PATH: Final = MODEL_PREFIX + "{model}"  # the one route with a parameter: a model's name, slashes and all
 _GET = frozenset({"GET"})
 _POST = frozenset({"POST"})
 
@@ -56,12 +60,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     _post("/v1/completions", "completions"),
     _post("/v1/embeddings", "embeddings"),
     Route("/v1/models", _GET, "models"),
+    Route(MODEL_PATH, _GET, "model"),
     Route("/tabby/v1/completions", _POST, "tabby_completions", json_body=True),
     *_tabby("/v1/health", "tabby_health", frozenset({"GET", "POST"})),
     *_tabby("/v1beta/server_setting", "tabby_setting", _GET),
     *_tabby("/v1/events", "tabby_events", _POST),
     Route("/health", _GET, "health", auth="open", journaled=False),
     Route("/health/liveliness", _GET, "liveness", auth="open", journaled=False),
+    Route("/health/liveness", _GET, "liveness", auth="open", journaled=False),
+    Route("/health/readiness", _GET, "readiness", auth="open", journaled=False),
     Route("/metrics", _GET, "metrics", auth="metrics", journaled=False),
 )
 _BY_PATH: Final = {route.path: route for route in ROUTES}
@@ -96,6 +103,8 @@ class Match:
 def match(method: str, path: str) -> Match:
     """Look a request up in the table."""
     route = _BY_PATH.get(path)
+    if route is None and path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
+        route = _BY_PATH[MODEL_PATH]
     if route is not None:
         return Match(route) if method in route.methods else Match(wrong_method=route.methods)
     return Match(ui=path in UI_PATHS or path.startswith(UI_PREFIXES))

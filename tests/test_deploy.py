@@ -476,7 +476,7 @@ def test_proxy_replicas_behind_a_service_with_readiness(rendered: list[dict[str,
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert service["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
     assert container["ports"] == [{"name": "http", "containerPort": 8000}]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/readiness", "port": "http"}
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 

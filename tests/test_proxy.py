@@ -39,6 +39,25 @@ def test_models_lists_every_discovered_model(proxy: Server) -> None:
     assert ids == {"fake-model", "fake-embed"}
 
 
+def test_one_model_is_its_entry_of_the_list(proxy: Server) -> None:
+    listed = httpx.get(proxy.url + "/v1/models").json()["data"]
+    for entry in listed:
+        assert httpx.get(proxy.url + "/v1/models/" + entry["id"]).json() == entry
+    with _client(proxy) as client:
+        assert client.models.retrieve("fake-embed").id == "fake-embed"  # the SDK's retrieve
+    for missing in ("nope", "org/fake-model"):
+        error = _assert_openai_error(httpx.get(proxy.url + "/v1/models/" + missing), 404, "model", "model_not_found")
+        assert error["message"] == f"The model '{missing}' does not exist. Served models: fake-model, fake-embed"
+
+
+def test_liveness_and_readiness_probes(proxy: Server) -> None:
+    for path in ("/health/liveliness", "/health/liveness"):
+        alive = httpx.get(proxy.url + path)
+        assert alive.status_code == 200 and alive.json() == "I'm alive!"
+    ready = httpx.get(proxy.url + "/health/readiness")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "upstreams_up": 1}
+
+
 def test_chat_non_stream(proxy: Server) -> None:
     reply = _client(proxy).chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "Hello world"

@@ -20,12 +20,14 @@ HANDLERS: Final[dict[Kind, Handler]] = {
     "completions": openai.completions,
     "embeddings": openai.embeddings,
     "models": openai.models,
+    "model": openai.model,
     "tabby_completions": tabby.completions,
     "tabby_health": tabby.health,
     "tabby_setting": tabby.server_setting,
     "tabby_events": tabby.events,
     "health": health.serve,
     "liveness": health.liveness,
+    "readiness": health.readiness,
     "metrics": metrics.serve,
 }
 if set(HANDLERS) != set(get_args(Kind)):  # pragma: no cover - a route kind without its handler is a bug at import

@@ -70,5 +70,17 @@ async def serve(rt: Runtime, call: Call) -> None:
 
 
 async def liveness(rt: Runtime, call: Call) -> None:
-    """GET /health/liveliness: the process answers (LiteLLM's liveness route and body, for existing probes)."""
+    """GET /health/liveliness (LiteLLM's spelling) and /health/liveness: the process answers."""
     await call.reply(200, b'"I\'m alive!"')
+
+
+async def readiness(rt: Runtime, call: Call) -> None:
+    """GET /health/readiness: this server can take requests (started; not draining), whatever the upstreams' state,
+    so a load balancer keeps sending clients here and they get our 503 naming the upstream rather than a refused
+    connection. /health is the probe of the whole service."""
+    ready = rt.started
+    body = {
+        "status": "ready" if ready else "starting",
+        "upstreams_up": sum(u.healthy for u in rt.monitor.states.values()),
+    }
+    await call.reply(200 if ready else 503, orjson.dumps(body))

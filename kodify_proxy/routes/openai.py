@@ -11,7 +11,7 @@ import orjson
 
 from kodify_proxy import fim
 from kodify_proxy.call import Call
-from kodify_proxy.errors import InvalidRequest
+from kodify_proxy.errors import InvalidRequest, ModelNotFound
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.fim import post as fim_post
 from kodify_proxy.fim.stream import SseCutter
@@ -30,6 +30,7 @@ from kodify_proxy.protocol import (
 )
 from kodify_proxy.routes import tabby as tabby_routes
 from kodify_proxy.runtime import Runtime
+from kodify_proxy.surface import MODEL_PREFIX
 from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 
@@ -171,3 +172,14 @@ def build_model_list(monitor: UpstreamMonitor) -> dict[str, Any]:
 async def models(rt: Runtime, call: Call) -> None:
     """GET /v1/models: answered from the monitor's last look at the upstreams (no upstream call)."""
     await call.reply(200, orjson.dumps(build_model_list(rt.monitor)))
+
+
+async def model(rt: Runtime, call: Call) -> None:
+    """GET /v1/models/{model} (the OpenAI SDKs' `models.retrieve`): that model's entry of the list, else 404."""
+    name = call.scope["path"][len(MODEL_PREFIX) :]
+    call.exchange.model = name
+    found = next((card for card in build_model_list(rt.monitor)["data"] if card["id"] == name), None)
+    if found is None:
+        listed = ", ".join(rt.monitor.served_models()) or "none (no upstream has answered yet)"
+        raise ModelNotFound(f"The model {name!r} does not exist. Served models: {listed}", param="model")
+    await call.reply(200, orjson.dumps(found))
