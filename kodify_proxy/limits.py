@@ -22,18 +22,19 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 from kodify_proxy.errors import KodifyError
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.settings import Settings
-from kodify_proxy.users import UNLIMITED, LimitOverride
+from kodify_proxy.users import LIMIT_KINDS, UNLIMITED, LimitKind, LimitOverride
 
 log = logging.getLogger("kodify_proxy.limits")
 
-Kind = Literal["completions", "chat", "embeddings"]
-KINDS: Final[tuple[Kind, ...]] = ("completions", "chat", "embeddings")
-LIMIT_NAMES: Final = ("requests_per_minute", "concurrency", "tokens_per_day")
+Kind = LimitKind
+KINDS: Final = LIMIT_KINDS
+# The limit a refusal names (in its `code`) -> the Limits field it comes from.
+LIMIT_FIELD: Final = {"requests_per_minute": "rpm", "concurrency": "concurrency", "tokens_per_day": "tokens_per_day"}
 WINDOW_MS: Final = 60_000
 DAY_MS: Final = 86_400_000
 CONCURRENCY_RETRY: Final = 1  # seconds: a slot frees when one of the identity's requests ends
@@ -279,10 +280,11 @@ class Limiter:
         self._on_error = on_error
         self._last_error_log = 0.0
         self._releasing: set[asyncio.Task[None]] = set()
+        self._active = any(limits.any() for limits in defaults.values())  # the defaults never change
 
     def active(self) -> bool:
         """Whether any default limit is set at all (else only users with limits of their own are checked)."""
-        return any(limits.any() for limits in self.defaults.values())
+        return self._active
 
     async def admit(self, key: str, kind: Kind, request_id: str, who: str, own: tuple[LimitOverride, ...] = ()) -> bool:
         """Count the request in, or raise RateLimited; False when nothing was counted (no limit, or the counts
@@ -297,10 +299,8 @@ class Limiter:
             return False
         if verdict.limit is None:
             return True
-        value = {"requests_per_minute": limits.rpm, "concurrency": limits.concurrency}.get(
-            verdict.limit, limits.tokens_per_day
-        )
-        raise RateLimited(kind, verdict.limit, value or 0, max(1, math.ceil(verdict.retry_ms / 1000)), who)
+        value = getattr(limits, LIMIT_FIELD[verdict.limit])
+        raise RateLimited(kind, verdict.limit, value, max(1, math.ceil(verdict.retry_ms / 1000)), who)
 
     async def release(self, key: str, kind: str, request_id: str, tokens: int) -> None:
         """The request ended (answered, failed, or its client left)."""

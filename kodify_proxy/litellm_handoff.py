@@ -191,8 +191,11 @@ class ResponseShaper:
         assert self._start is not None
         status = int(self._start["status"])
         if self.collect:
-            self._collected = self._buffer if status == 200 else ClientLeft() if status == 499 else None
-            if self._collected is None:
+            if status == 200:
+                self._collected = self._buffer
+            elif status == 499:  # the client left: the route ends as for any client that leaves
+                self._collected = ClientLeft()
+            else:
                 self._collected = self._error(self._buffer, status)
             return
         if status >= 400:

@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     Column,
@@ -49,7 +49,8 @@ USER_NAME_RULE = "1-128 characters: letters, digits and . _ @ + - (starting with
 REQUIRED_COLUMNS = frozenset({"name", "token_sha256", "created_at", "token_issued_at", "expires_at", "revoked_at"})
 
 Status = Literal["active", "revoked", "expired"]
-LIMIT_KINDS = ("completions", "chat", "embeddings")
+LimitKind = Literal["completions", "chat", "embeddings"]
+LIMIT_KINDS: tuple[LimitKind, ...] = get_args(LimitKind)
 LIMIT_FIELDS = ("rpm", "concurrency", "tokens_per_day")
 UNLIMITED = 0  # a stored override of 0: no limit for this user, whatever KODIFY_LIMIT_* says
 
@@ -297,15 +298,22 @@ class UserStore:
 
     def find_by_hash(self, digest: str) -> UserRecord | None:
         """The user whose current token hashes to `digest`, whatever their status, with their own limits."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(self.table).where(self.table.c.token_sha256 == digest)).first()
-            return None if row is None else UserRecord.from_row(row, self._limits_of(conn, row.name))
+        return self._one(self.table.c.token_sha256 == digest)
 
     def get(self, name: str) -> UserRecord | None:
         """The user called `name`."""
+        return self._one(self.table.c.name == name)
+
+    def _one(self, where: Any) -> UserRecord | None:
+        """One user and their own limits in one query (a row per kind of work they have limits for, or one row)."""
+        limits = self.limits_table
+        joined = self.table.outerjoin(limits, limits.c.user_name == self.table.c.name)
+        query = select(self.table, limits).select_from(joined).where(where).order_by(limits.c.kind)
         with self.engine.connect() as conn:
-            row = conn.execute(select(self.table).where(self.table.c.name == name)).first()
-            return None if row is None else UserRecord.from_row(row, self._limits_of(conn, name))
+            rows = conn.execute(query).all()
+        if not rows:
+            return None
+        return UserRecord.from_row(rows[0], tuple(_override(row) for row in rows if row.kind is not None))
 
     def list_users(self) -> list[UserRecord]:
         """Every user, by name."""
@@ -316,10 +324,6 @@ class UserStore:
         for limit in limits:
             by_user.setdefault(limit.user_name, []).append(_override(limit))
         return [UserRecord.from_row(r, tuple(by_user.get(r.name, ()))) for r in rows]
-
-    def _limits_of(self, conn: Any, name: str) -> tuple[LimitOverride, ...]:
-        query = select(self.limits_table).where(self.limits_table.c.user_name == name)
-        return tuple(_override(limit) for limit in conn.execute(query.order_by(self.limits_table.c.kind)))
 
     def set_limits(self, name: str, kind: str, values: dict[str, int | None]) -> UserRecord:
         """Change `name`'s own limits for `kind`: each field given to a number (0: unlimited) or None (back to the

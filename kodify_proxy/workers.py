@@ -69,12 +69,12 @@ class KodifyWorker(UvicornWorker):  # type: ignore[misc]
     """uvicorn in a gunicorn worker, configured as `serve` with one process configures it: our HTTP protocol, the
     lifespan on, no access log, requests in flight drained on SIGTERM."""
 
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "lifespan": "on", "access_log": False}
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "lifespan": "on", "access_log": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = self.app.launch.settings
-        self.config.http = launcher.http_protocol(settings.body_timeout)
+        self.config.http = launcher.http_protocol(settings.body_timeout)  # needs the settings: set here, not above
         self.config.timeout_graceful_shutdown = settings.shutdown_grace
 
     serving = False
