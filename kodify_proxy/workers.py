@@ -151,10 +151,16 @@ class WorkerPool(BaseApplication):  # type: ignore[misc]
             "accesslog": None,
             "errorlog": "-",
             "child_exit": _worker_exited,
+            "when_ready": self._listening,
             "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         }
         for name, value in values.items():
             self.cfg.set(name, value)
+
+    def _listening(self, arbiter: Arbiter) -> None:
+        """gunicorn's when_ready hook: the line the original server logs (and administrators look for), once the
+        port is bound."""
+        log.info("Uvicorn running on http://%s with %d workers (Press CTRL+C to quit)", self.bind, self.launch.workers)
 
     def load(self) -> ASGIApp:
         """In each worker, after the fork: its slot, its name in the logs, its app."""

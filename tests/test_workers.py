@@ -335,6 +335,8 @@ def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Se
         assert _journal_rows(db, streams.marker) == 10  # each worker flushed its rows before it exited
         log = pool.proxy.log_text()
         assert "[worker 1]" in log and "[worker 2]" in log and "was sent SIGTERM" not in log
+        assert f"Uvicorn running on http://127.0.0.1:{pool.proxy.port} with 2 workers" in log  # as with one process
+        assert log.count("Application startup complete.") == 2
         # what must happen once happened once, before the workers: migrations, the master key, LiteLLM's config
         assert log.count("Journal schema is at revision") == 1
         assert log.count("generated one for the LiteLLM admin API") == 1
