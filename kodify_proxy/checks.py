@@ -8,6 +8,7 @@ variables, config.yml, each upstream, the user database (AUTH_TYPE=DB), the jour
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import URL
 
 from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
+from kodify_proxy.env_file import read_env_file
 from kodify_proxy.env_types import resolve_workers
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, UpstreamState, check_all, load_config, resolve_config_path
@@ -96,18 +98,58 @@ def render(findings: Iterable[Finding]) -> str:
 
 
 def read_environment(env_file: str | None) -> tuple[dict[str, str], list[Finding]]:
-    """The process environment, overlaid with an ENV file's values (as a container started with it would see)."""
+    """The process environment, overlaid with an ENV file's values read as Compose reads them (`KEY=value` and the
+    guide's `KEY: value`), as a container started with it would see; each line Compose can't read is a problem."""
     environ = dict(os.environ)
     if env_file is None:
-        return environ, []
-    from dotenv import dotenv_values
-
+        return environ, _name_findings(environ, env_file_names=())
     path = Path(env_file)
     if not path.is_file():
         return environ, [problem(f"--env-file {path}: file not found", "give the path of the ENV file (e.g. .env)")]
-    values = dotenv_values(path)
-    environ.update({name: value or "" for name, value in values.items()})
-    return environ, [ok(f"ENV file {path}: {len(values)} variables read")]
+    read = read_env_file(path, os.environ.get)
+    environ.update(read.values)
+    findings = [problem(f"ENV file {path}, {error}", ENV_LINE_FIX) for error in read.errors]
+    unread = f"; Compose refuses the whole file until {'they are' if len(read.errors) > 1 else 'it is'} fixed"
+    findings.insert(0, ok(f"ENV file {path}: {len(read.values)} variables read" + (unread if read.errors else "")))
+    return environ, findings + _name_findings(environ, env_file_names=read.values)
+
+
+ENV_LINE_FIX = (
+    "write it as KEY=value or KEY: value (a name of letters, digits, _ . -), quote a value that has `#` after a "
+    "space, and close every quote"
+)
+
+# Read by compose.yaml (and its images) rather than by kodify-proxy; tests/test_checks.py keeps it complete.
+COMPOSE_VARIABLES = frozenset(
+    {
+        "MODEL", "SERVED_MODEL_NAME", "MODELS_DIR", "SHM_SIZE", "VLLM_TOOL_CALL_PARSER", "VLLM_IMAGE", "KODIFY_IMAGE",
+        "POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "REDIS_IMAGE", "PROMETHEUS_IMAGE", "GRAFANA_IMAGE",
+        "GRAFANA_ADMIN_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME",
+    }
+)  # fmt: skip
+
+
+def known_variables() -> frozenset[str]:
+    """Every variable kodify-proxy or compose.yaml reads."""
+    return COMPOSE_VARIABLES | {str(field.validation_alias) for field in Settings.model_fields.values()}
+
+
+def _name_findings(environ: Mapping[str, str], env_file_names: Iterable[str]) -> list[Finding]:
+    """A name that is nearly a variable we read (the guide's LOGS_DB_POST) is a problem unless that one is set too;
+    other unknown names in the ENV file are notes. Only the ENV file's names are looked at, and the guide's typo."""
+    known = known_variables()
+    findings = []
+    for name in sorted({*env_file_names, *({"LOGS_DB_POST"} & environ.keys())} - known):
+        meant = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if meant and meant[0] not in environ:
+            findings.append(
+                problem(f"{name} is not read by kodify-proxy: did you mean {meant[0]}?", f"rename it {meant[0]}")
+            )
+        elif meant:
+            findings.append(note(f"{name} is not read (did you mean {meant[0]}? it is set too, and that one is read)"))
+        else:
+            findings.append(note(f"{name} (in the ENV file) is read neither by kodify-proxy nor by compose.yaml"))
+    return findings
 
 
 def check_environment(environ: Mapping[str, str]) -> tuple[Settings, list[Finding]]:
@@ -116,7 +158,7 @@ def check_environment(environ: Mapping[str, str]) -> tuple[Settings, list[Findin
         settings = load_settings(environ)
     except SettingsError as exc:
         return salvage_settings(environ), [problem(line) for line in exc.problems]
-    return settings, [ok("environment: every variable is valid and they agree"), *_environment_notes(settings, environ)]
+    return settings, [ok("environment: every variable is valid and they agree"), *_environment_notes(settings)]
 
 
 def salvage_settings(environ: Mapping[str, str]) -> Settings:
@@ -131,15 +173,13 @@ def salvage_settings(environ: Mapping[str, str]) -> Settings:
     return Settings.model_validate({**values, **{name: defaults[name] for name in bad if name in defaults}})
 
 
-def _environment_notes(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
+def _environment_notes(settings: Settings) -> list[Finding]:
     notes = []
     if not settings.mtsai_auth and settings.vllm_api_key is None:
         notes.append(note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)"))
     count = resolve_workers(settings.workers)
     how = f"auto: the {count} CPUs this process may use" if settings.workers == "auto" else "KODIFY_WORKERS"
     notes.append(note(f"serve runs {count} worker process{'es' * (count > 1)} ({how}), ~330 MB of memory each"))
-    if "LOGS_DB_POST" in environ:
-        notes.append(note("LOGS_DB_POST is not read (the guide's examples misspell it): the port is LOGS_DB_PORT"))
     return notes
 
 

@@ -4,6 +4,7 @@ passes, and each broken setup is reported line by line, all problems at once, wi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -232,3 +233,57 @@ def test_migrations_behind_head(tmp_path: Path, upstream: Server, migrated: dict
     assert code == 1
     assert has(lines, "problem: journal database", ": migrations at revision 0000_older, but the head is ")
     assert lines[-1] == "1 problem found"
+
+
+GUIDE_STYLE_ENV = """\
+# as the guide writes its examples
+GPUUTIL: 0.9
+DTYPE: float16
+VLLM_API_KEY: abc
+MTSAI_AUTH: False
+LOGS: True
+LOGS_DB_HOST: 127.0.0.1
+LOGS_DB_POST: 5432
+LOGS_DB_NAME: kodify
+LOGS_DB_USERNAME: postgres
+LOGS_DB_PASSWORD: x
+"""
+
+
+def test_guide_style_env_file_read_as_compose_reads_it_every_problem_at_once(tmp_path: Path) -> None:
+    env_file = tmp_path / "guide.env"
+    env_file.write_text(GUIDE_STYLE_ENV + "DTYPE int8\nGPU UTIL=1\nSOMETHING_ELSE=1\n")
+    code, lines = check(tmp_path, None, base_env(tmp_path), "--env-file", str(env_file))
+    assert code == 1
+    assert (
+        lines[0] == f"ok: ENV file {env_file}: 11 variables read; Compose refuses the whole file until they are fixed"
+    )
+    expected = [
+        f"problem: ENV file {env_file}, line 12: key cannot contain a space",
+        f"problem: ENV file {env_file}, line 13: key cannot contain a space",
+        "problem: LOGS_DB_POST is not read by kodify-proxy: did you mean LOGS_DB_PORT?",
+        "note: SOMETHING_ELSE (in the ENV file) is read neither by kodify-proxy nor by compose.yaml",
+        "problem: /",  # config.yml missing: the checks after the environment still ran
+        "problem: journal database",  # no database `kodify` on the test server
+    ]
+    for part in expected:
+        assert has(lines, part), (part, lines)
+    assert not has(lines, "dummy authorization"), "VLLM_API_KEY: abc was read: one shared token"
+    assert lines[-1] == "5 problems found"
+
+
+def test_guide_typo_reported_even_when_other_variables_are_invalid(tmp_path: Path) -> None:
+    env = {**base_env(tmp_path), "LOGS_DB_POST": "5432", "MAX_N": "0"}
+    _, lines = check(tmp_path, None, env)
+    assert has(lines, "problem: MAX_N='0' is invalid")
+    assert has(lines, "problem: LOGS_DB_POST is not read by kodify-proxy: did you mean LOGS_DB_PORT?")
+    _, both = check(tmp_path, None, {**env, "LOGS_DB_PORT": "5432"})
+    assert has(both, "note: LOGS_DB_POST is not read (did you mean LOGS_DB_PORT? it is set too")
+
+
+def test_every_variable_compose_yaml_and_env_example_name_is_known() -> None:
+    from kodify_proxy.checks import known_variables
+
+    compose = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / "compose.yaml").read_text()))
+    example = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", (REPO / ".env.example").read_text(), re.MULTILINE))
+    assert (compose | example) - known_variables() == set()
