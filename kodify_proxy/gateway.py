@@ -106,7 +106,7 @@ class Gateway:
             return False
 
     async def _route(self, route: surface.Route, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = self.rt.recorder.begin(route.path, scope, tracked=route.journaled)
+        exchange = self.rt.recorder.begin(route.label, scope, tracked=route.journaled)
         receive, send = observed_receive(exchange, receive), observed_send(exchange, send)
         headers = [(REQUEST_ID_HEADER, exchange.request_id.encode())] if route.journaled else []
         try:

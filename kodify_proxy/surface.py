@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 Kind = Literal[
@@ -34,11 +34,12 @@ class Route:
     auth: Auth = "client"  # client: a client token (or the master key); open: nobody; metrics: KODIFY_METRICS_AUTH
     journaled: bool = True
     json_body: bool = False  # the body is parsed (and must be JSON) before the route runs
+    alias_of: str | None = None  # the same route under another path (the OpenAI ones without /v1)
 
     @property
     def label(self) -> str:
-        """The `route` label of metrics: the path, which is bounded (no ids in our paths)."""
-        return self.path
+        """The `route` of metrics and the journal: the /v1 path for both spellings, bounded (no ids in our paths)."""
+        return self.alias_of or self.path
 
 
 def _post(path: str, kind: Kind) -> Route:
@@ -50,17 +51,24 @@ def _tabby(path: str, kind: Kind, methods: frozenset[str]) -> tuple[Route, Route
     return Route(path, methods, kind, json_body=body), Route("/tabby" + path, methods, kind, json_body=body)
 
 
+def _openai(route: Route) -> tuple[Route, Route]:
+    """An OpenAI route, and the same without its /v1 prefix, as LiteLLM serves them (a Continue `apiBase` or an SDK
+    `base_url` given without /v1 reaches them so)."""
+    return route, replace(route, path=route.path.removeprefix("/v1"), alias_of=route.path)
+
+
 MODEL_PREFIX: Final = "/v1/models/"
 MODEL_PATH: Final = MODEL_PREFIX + "{model}"  # the one route with a parameter: a model's name, slashes and all
+_MODEL_PREFIXES: Final = (MODEL_PREFIX, MODEL_PREFIX.removeprefix("/v1"))
 _GET = frozenset({"GET"})
 _POST = frozenset({"POST"})
 
 ROUTES: Final[tuple[Route, ...]] = (
-    _post("/v1/chat/completions", "chat"),
-    _post("/v1/completions", "completions"),
-    _post("/v1/embeddings", "embeddings"),
-    Route("/v1/models", _GET, "models"),
-    Route(MODEL_PATH, _GET, "model"),
+    *_openai(_post("/v1/chat/completions", "chat")),
+    *_openai(_post("/v1/completions", "completions")),
+    *_openai(_post("/v1/embeddings", "embeddings")),
+    *_openai(Route("/v1/models", _GET, "models")),
+    *_openai(Route(MODEL_PATH, _GET, "model")),
     Route("/tabby/v1/completions", _POST, "tabby_completions", json_body=True),
     *_tabby("/v1/health", "tabby_health", frozenset({"GET", "POST"})),
     *_tabby("/v1beta/server_setting", "tabby_setting", _GET),
@@ -103,8 +111,14 @@ class Match:
 def match(method: str, path: str) -> Match:
     """Look a request up in the table."""
     route = _BY_PATH.get(path)
-    if route is None and path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
-        route = _BY_PATH[MODEL_PATH]
+    if route is None and model_name(path):
+        route = _BY_PATH[path[: len(path) - len(model_name(path))] + "{model}"]
     if route is not None:
         return Match(route) if method in route.methods else Match(wrong_method=route.methods)
     return Match(ui=path in UI_PATHS or path.startswith(UI_PREFIXES))
+
+
+def model_name(path: str) -> str:
+    """The `{model}` of /v1/models/{model} (or /models/{model}): a model's name, slashes and all; "" for other paths."""
+    prefix = next((prefix for prefix in _MODEL_PREFIXES if path.startswith(prefix)), "")
+    return path[len(prefix) :] if prefix else ""

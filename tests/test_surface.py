@@ -228,3 +228,38 @@ def test_health_asks_no_upstream_per_request(guarded: Server, upstream: Server) 
     elapsed = time.monotonic() - started
     # The monitor checks every KODIFY_DISCOVERY_INTERVAL (1 s in tests), whatever /health is asked.
     assert model_checks() - before <= 2 * elapsed + 4  # two proxies poll it: this one and the session's
+
+
+# --- the OpenAI routes without /v1 ---------------------------------------------------------------------------------
+
+
+def test_the_openai_routes_answer_without_v1_as_with_it(guarded: Server) -> None:
+    import openai
+
+    with httpx.Client(base_url=guarded.url, headers=AUTH, timeout=30) as client:
+        for path, body in (("/chat/completions", CHAT), ("/completions", {"model": "fake-model", "prompt": "x"})):
+            bare, prefixed = client.post(path, json=body), client.post("/v1" + path, json=body)
+            assert bare.status_code == prefixed.status_code == 200, bare.text
+            assert bare.json().keys() == prefixed.json().keys()
+        embed = client.post("/embeddings", json={"model": "fake-embed", "input": "x"})
+        assert embed.status_code == 200 and embed.json()["data"][0]["object"] == "embedding"
+        assert client.get("/models").json() == client.get("/v1/models").json()
+        assert client.get("/models/fake-model").json() == client.get("/v1/models/fake-model").json()
+        assert_ours(client.get("/models/nope"), 404, "model_not_found")
+        assert_ours(client.put("/chat/completions"), 405, "method_not_allowed")
+        metrics = client.get("/metrics").text
+    # Counted under the /v1 route, whichever spelling the client used.
+    assert 'route="/chat/completions"' not in metrics and 'route="/v1/chat/completions"' in metrics
+    # An SDK given the server's address without /v1 (as a Continue apiBase without /v1 is).
+    with openai.OpenAI(base_url=guarded.url, api_key=TOKEN, max_retries=0) as sdk:
+        assert sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}]).choices
+        assert sdk.models.retrieve("fake-model").id == "fake-model"
+
+
+def test_model_name_is_read_from_either_spelling() -> None:
+    assert surface.model_name("/v1/models/Qwen/Qwen2.5-Coder") == "Qwen/Qwen2.5-Coder"
+    assert surface.model_name("/models/tiny") == "tiny"
+    assert surface.model_name("/v1/models/") == surface.model_name("/v1/models") == surface.model_name("/x/tiny") == ""
+    assert surface.match("GET", "/models/tiny").route == surface.match("GET", "/models/x").route
+    route = surface.match("GET", "/models/tiny").route
+    assert route is not None and (route.path, route.label) == ("/models/{model}", "/v1/models/{model}")

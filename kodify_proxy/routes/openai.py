@@ -30,7 +30,7 @@ from kodify_proxy.protocol import (
 )
 from kodify_proxy.routes import tabby as tabby_routes
 from kodify_proxy.runtime import Runtime
-from kodify_proxy.surface import MODEL_PREFIX
+from kodify_proxy.surface import model_name
 from kodify_proxy.upstream_monitor import UpstreamMonitor
 
 
@@ -176,7 +176,7 @@ async def models(rt: Runtime, call: Call) -> None:
 
 async def model(rt: Runtime, call: Call) -> None:
     """GET /v1/models/{model} (the OpenAI SDKs' `models.retrieve`): that model's entry of the list, else 404."""
-    name = call.scope["path"][len(MODEL_PREFIX) :]
+    name = model_name(call.scope["path"])
     call.exchange.model = name
     found = next((card for card in build_model_list(rt.monitor)["data"] if card["id"] == name), None)
     if found is None:
