@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from kodify_proxy import logs
+from kodify_proxy.client_config import add_client_config_parser
 from kodify_proxy.env_types import parse_workers, resolve_workers
 from kodify_proxy.errors import StartupError
 from kodify_proxy.journal.commands import add_journal_parsers
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kodify-proxy",
         description="kodify-proxy, the API server of the Kodify AI coding assistant (LiteLLM proxy + vLLM). Commands: "
-        "serve, render-config, check, migrate, usage, users; `kodify-proxy COMMAND --help` for each.",
+        "serve, render-config, check, migrate, usage, users, client-config; `kodify-proxy COMMAND --help` for each.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     add_journal_parsers(sub)
     add_users_parser(sub)
+    add_client_config_parser(sub)
     for command in (serve, render, check):
         command.add_argument("--config", default=None, help="config.yml (default: $KODIFY_CONFIG or ./config.yml)")
     return parser

@@ -84,3 +84,14 @@ def vllm_proxy(tmp_path_factory: pytest.TempPathFactory, vllm: str, journal_url:
     server.start()
     yield server
     server.stop()
+
+
+LONG_CONTEXT = 2048
+
+
+@pytest.fixture(scope="session")
+def long_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM server like `vllm`, with the tiny model's whole context (LONG_CONTEXT tokens): Continue's `cn`
+    system prompt alone is ~570 tokens of the tiny model, more than `vllm`'s 512."""
+    with real_vllm(tmp_path_factory.mktemp("vllm-long"), "--max-model-len", str(LONG_CONTEXT)) as url:
+        yield url
