@@ -20,6 +20,7 @@ import httpx
 from pydantic import ValidationError
 from sqlalchemy import URL
 
+from kodify_proxy import tls
 from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
 from kodify_proxy.env_file import read_env_file
 from kodify_proxy.env_types import resolve_workers
@@ -78,6 +79,7 @@ def collect(config_arg: str | None, env_file: str | None) -> list[Finding]:
     findings += check_users_database(settings)
     findings += check_journal(settings)
     findings += check_preprocessing(settings)
+    findings += check_tls(settings)
     return findings
 
 
@@ -345,3 +347,22 @@ def check_preprocessing(settings: Settings) -> list[Finding]:
     except ConfigError as exc:
         return [problem(str(exc))]
     return [ok(f"preprocessing config {raw} is valid")]
+
+
+# --- TLS -------------------------------------------------------------------------------------------------------
+
+
+def check_tls(settings: Settings) -> list[Finding]:
+    """Whether `serve` speaks HTTPS (KODIFY_TLS_*); a bad file is already a problem of the environment."""
+    cert, ca = settings.tls_cert_file, settings.tls_ca_file
+    if cert is None:
+        return [
+            note(
+                "no TLS: serve speaks plain HTTP; off localhost tokens and prompts need HTTPS: set "
+                'KODIFY_TLS_CERT_FILE and KODIFY_TLS_KEY_FILE, or terminate TLS in front (docs/deployment.md, "TLS")'
+            )
+        ]
+    if tls.problems(cert, settings.tls_key_file, ca):
+        return []
+    clients = f"; clients must present a certificate signed by {ca}" if ca else ""
+    return [ok(f"TLS: serve speaks HTTPS with {cert}{clients}")]

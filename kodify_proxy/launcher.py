@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from kodify_proxy import tls
 from kodify_proxy.errors import StartupError
 from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
 from kodify_proxy.settings import Settings
@@ -267,8 +268,14 @@ def run(app: ASGIApp, settings: Settings, host: str, port: int) -> None:
         lifespan="on",
         http=http_protocol(settings.body_timeout),
         timeout_graceful_shutdown=settings.shutdown_grace,
+        **tls_options(settings),
     )
     draining_server(uvicorn.Server)(config).run()
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's HTTPS arguments from KODIFY_TLS_* (none without a certificate)."""
+    return tls.server_options(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
 
 
 def draining_server(base: type[uvicorn.Server]) -> type[uvicorn.Server]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kodify_proxy import tls
 from kodify_proxy.env_types import (
     AllocConf,
     Flag,
@@ -118,6 +119,14 @@ class Settings(BaseSettings):
         "KODIFY_WORKERS", "auto (the CPUs this process may use) or a whole number 1-512 of server processes", "auto"
     )
     metrics_auth: Flag = _env("KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need the master key", False)
+    # HTTPS served by kodify-proxy itself (docs/deployment.md, "TLS"); empty behind an ingress that terminates TLS
+    tls_cert_file: OptStr = _env(
+        "KODIFY_TLS_CERT_FILE", "a path to the server's PEM certificate (its chain after it), with KODIFY_TLS_KEY_FILE"
+    )
+    tls_key_file: OptStr = _env("KODIFY_TLS_KEY_FILE", "a path to the certificate's PEM private key, unencrypted")
+    tls_ca_file: OptStr = _env(
+        "KODIFY_TLS_CA_FILE", "a path to PEM CA certificates: clients must present a certificate one of them signed"
+    )
     # Fair share (docs/limits.md): per-user limits for each kind of work, and where they are counted
     limit_completions_rpm: OptInt = _env(
         "KODIFY_LIMIT_COMPLETIONS_RPM",
@@ -387,6 +396,7 @@ def _cross_check(settings: Settings) -> list[str]:
     problems = _journal_problems(settings)
     problems += _auth_problems(settings)
     problems += _model_server_problems(settings)
+    problems += tls.problems(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
     return problems
 
 

@@ -47,6 +47,13 @@ FLUSH_GRACE: Final = 15
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 BACKLOG: Final = 2048  # uvicorn's and gunicorn's default
 KEEP_ALIVE: Final = 5  # uvicorn's default, as with one process (gunicorn's own default is 2)
+# uvicorn's TLS arguments (launcher.tls_options) by gunicorn's setting names
+GUNICORN_TLS: Final = {
+    "ssl_certfile": "certfile",
+    "ssl_keyfile": "keyfile",
+    "ssl_ca_certs": "ca_certs",
+    "ssl_cert_reqs": "cert_reqs",
+}
 
 
 def take_slot(directory: Path, count: int) -> tuple[int, int]:
@@ -76,6 +83,11 @@ class KodifyWorker(UvicornWorker):  # type: ignore[misc]
         settings = self.app.launch.settings
         self.config.http = launcher.http_protocol(settings.body_timeout)  # needs the settings: set here, not above
         self.config.timeout_graceful_shutdown = settings.shutdown_grace
+        # HTTPS as with one process, on every socket this worker serves (the shared one and its own): uvicorn wraps
+        # each connection in one context. Set here too because UvicornWorker copies gunicorn's `ssl_version`, whose
+        # default is the deprecated generic PROTOCOL_TLS.
+        for name, value in launcher.tls_options(settings).items():
+            setattr(self.config, name, value)
 
     serving = False
 
@@ -154,13 +166,18 @@ class WorkerPool(BaseApplication):  # type: ignore[misc]
             "when_ready": self._listening,
             "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         }
+        tls = launcher.tls_options(settings)  # gunicorn's own names, so its checks and `Listening at: https://` agree
+        values.update({name: tls[option] for option, name in GUNICORN_TLS.items() if option in tls})
         for name, value in values.items():
             self.cfg.set(name, value)
 
     def _listening(self, arbiter: Arbiter) -> None:
         """gunicorn's when_ready hook: the line the original server logs (and administrators look for), once the
         port is bound."""
-        log.info("Uvicorn running on http://%s with %d workers (Press CTRL+C to quit)", self.bind, self.launch.workers)
+        scheme = "https" if self.launch.settings.tls_cert_file else "http"
+        log.info(
+            "Uvicorn running on %s://%s with %d workers (Press CTRL+C to quit)", scheme, self.bind, self.launch.workers
+        )
 
     def load(self) -> ASGIApp:
         """In each worker, after the fork: its slot, its name in the logs, its app."""

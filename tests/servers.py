@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,10 +37,11 @@ class Server:
     env: Mapping[str, str] = field(default_factory=dict)
     ready_path: str = "/health"
     process: subprocess.Popen[bytes] | None = None
+    tls: ssl.SSLContext | None = None  # serves HTTPS: the client context its readiness wait and health() use
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0, expect_ready: bool = True) -> Server:
         with self.log_path.open("ab") as log:
@@ -62,7 +64,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                httpx.get(self.url + self.ready_path, timeout=1.0)
+                httpx.get(self.url + self.ready_path, timeout=1.0, verify=self.tls or True)
                 return
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -97,7 +99,8 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         """GET /health with the master key: the details (upstream URLs and errors, databases)."""
-        body = httpx.get(self.url + "/health", headers={"Authorization": f"Bearer {self.master_key()}"}).json()
+        headers = {"Authorization": f"Bearer {self.master_key()}"}
+        body = httpx.get(self.url + "/health", headers=headers, verify=self.tls or True).json()
         assert isinstance(body, dict)
         return body
 
@@ -117,8 +120,10 @@ def kodify_proxy(
     env: Mapping[str, str] | None = None,
     name: str = "proxy",
     extra_args: Sequence[str] = (),
+    tls: ssl.SSLContext | None = None,
 ) -> Server:
-    """`kodify-proxy serve` with `config_text` as config.yml and a private state dir (not started)."""
+    """`kodify-proxy serve` with `config_text` as config.yml and a private state dir (not started); with `tls` (a
+    client context trusting its certificate) when `env` makes it serve HTTPS."""
     workdir = tmp / name
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
@@ -145,7 +150,8 @@ def kodify_proxy(
         str(port),
         *extra_args,
     ]
-    return Server(name, args, port, workdir / "proxy.log", env={**base_env, **(env or {})}, ready_path="/health")
+    env = {**base_env, **(env or {})}
+    return Server(name, args, port, workdir / "proxy.log", env=env, ready_path="/health", tls=tls)
 
 
 def upstreams_yaml(*urls: str, extra: str = "") -> str:

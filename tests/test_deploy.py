@@ -578,3 +578,116 @@ def test_env_example_auth_examples_are_valid(tmp_path: Path, heading: str, mode:
     else:
         assert settings.mtsai_auth and settings.auth_type == "DB" and settings.db_url is not None
         assert settings.vllm_api_key is None
+
+
+# --- TLS: direct (kodify-proxy serves HTTPS) and terminated in front (Caddy, an Ingress) ---------------------------
+
+
+def compose_override(tmp: Path, override: str) -> dict[str, Any]:
+    """`docker compose -f compose.yaml -f deploy/<override> config` with .env = .env.example, as documented."""
+    project = tmp / "project"
+    (project / "deploy").mkdir(parents=True)
+    (project / "tls").mkdir()
+    shutil.copy(REPO / "compose.yaml", project / "compose.yaml")
+    shutil.copy(REPO / "deploy" / override, project / "deploy" / override)
+    shutil.copy(REPO / ".env.example", project / ".env")
+    result = subprocess.run(
+        [str(compose_binary()), "-f", "compose.yaml", "-f", f"deploy/{override}", "config", "--format", "json"],
+        cwd=project,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def mounted_at(volumes: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """The volume of `volumes` whose target holds `path`."""
+    (volume,) = [v for v in volumes if Path(path).parent == Path(v.get("mountPath", v.get("target", "")))]
+    return volume
+
+
+def test_compose_direct_tls_override_sets_the_variables_and_mounts_the_files(tmp_path: Path) -> None:
+    proxy = compose_override(tmp_path, "compose.tls.yaml")["services"]["kodify-proxy"]
+    env = proxy["environment"]
+    cert, key = env["KODIFY_TLS_CERT_FILE"], env["KODIFY_TLS_KEY_FILE"]
+    assert (cert, key) == ("/etc/kodify-proxy/tls/tls.crt", "/etc/kodify-proxy/tls/tls.key")
+    volume = mounted_at(proxy["volumes"], cert)
+    assert volume == mounted_at(proxy["volumes"], key)
+    assert (volume["source"], volume["read_only"]) == (str(tmp_path / "project" / "tls"), True)
+    assert [(p["published"], p["target"]) for p in proxy["ports"]] == [("8000", 8000)]  # now HTTPS
+    check = proxy["healthcheck"]["test"]
+    assert "https://127.0.0.1:8000/health" in check[-1] and "http://" not in check[-1]
+    compile(check[-1], "healthcheck", "exec")  # the python -c script is Python
+
+
+def test_compose_ingress_override_puts_caddy_in_front(tmp_path: Path) -> None:
+    model = compose_override(tmp_path, "compose.ingress.yaml")
+    proxy, caddy = model["services"]["kodify-proxy"], model["services"]["caddy"]
+    assert "ports" not in proxy  # plain HTTP is reachable on the compose network only
+    assert not {k for k in proxy["environment"] if k.startswith("KODIFY_TLS_")}
+    assert re.fullmatch(r"caddy:\d+\.\d+\.\d+-alpine", caddy["image"])  # a pinned release
+    assert [(p["published"], p["target"]) for p in caddy["ports"]] == [("443", 443)]
+    (config,) = caddy["configs"]
+    caddyfile = model["configs"][config["source"]]["content"]
+    assert config["target"] == "/etc/caddy/Caddyfile" and "reverse_proxy kodify-proxy:8000" in caddyfile
+    files = re.findall(r"^\s*tls (\S+) (\S+)$", caddyfile, re.M)
+    assert len(files) == 1 and all(mounted_at(caddy["volumes"], f)["read_only"] for f in files[0])
+    assert "flush_interval -1" in caddyfile  # streams are not buffered
+    assert caddy["depends_on"]["kodify-proxy"]["condition"] == "service_started"
+
+
+def render_with_component(tmp: Path, component: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize deploy/k8s` with `components: [component]` added, as the kustomization says to."""
+    kubectl = shutil.which("kubectl", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    assert kubectl
+    copy = tmp / "k8s"
+    shutil.copytree(K8S, copy)
+    shutil.copy(copy / "secrets.env.example", copy / "secrets.env")
+    text = (copy / "kustomization.yaml").read_text()
+    assert f"#   - {component}\n" in text  # the commented entry the administrator turns on
+    (copy / "kustomization.yaml").write_text(text + f"components:\n  - {component}\n")
+    result = subprocess.run([kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for doc in docs:
+        for version in ("1.25.0", "1.37.0"):
+            kubernetes_validate.validate(doc, version, strict=True)
+    return docs
+
+
+def test_kubernetes_direct_tls_component(tmp_path: Path, rendered: list[dict[str, Any]]) -> None:
+    docs = render_with_component(tmp_path, "tls")
+    spec = pod_spec(docs, "Deployment", "kodify-proxy")
+    (container,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    mount = mounted_at(container["volumeMounts"], env["KODIFY_TLS_CERT_FILE"])
+    assert mount == mounted_at(container["volumeMounts"], env["KODIFY_TLS_KEY_FILE"]) and mount["readOnly"]
+    secret = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    assert secret["secretName"] == "kodify-tls"  # a kubernetes.io/tls Secret's keys: tls.crt, tls.key
+    assert {Path(env[n]).name for n in ("KODIFY_TLS_CERT_FILE", "KODIFY_TLS_KEY_FILE")} == {"tls.crt", "tls.key"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        before = next(c for c in pod_spec(rendered, "Deployment", "kodify-proxy")["containers"])[probe]["httpGet"]
+        assert container[probe]["httpGet"] == {**before, "scheme": "HTTPS"}, probe
+    service = find(docs, "Service", "kodify-proxy")["spec"]["ports"]
+    assert service == [{"name": "http", "port": 8000, "targetPort": "http", "appProtocol": "https"}]
+    # the rest of the cluster is as without TLS
+    assert len(docs) == len(rendered) and "Ingress" not in {d["kind"] for d in docs}
+
+
+def test_kubernetes_ingress_component_terminates_tls(tmp_path: Path) -> None:
+    docs = render_with_component(tmp_path, "ingress")
+    ingress = find(docs, "Ingress", "kodify-proxy")["spec"]
+    (tls,) = ingress["tls"]
+    assert tls["secretName"] == "kodify-tls"
+    assert {rule["host"] for rule in ingress["rules"]} <= set(tls["hosts"])  # every host is served over HTTPS
+    service = find(docs, "Service", "kodify-proxy")["spec"]
+    for rule in ingress["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == "kodify-proxy"
+            assert backend["port"]["name"] in {p["name"] for p in service["ports"]}
+    container = pod_spec(docs, "Deployment", "kodify-proxy")["containers"][0]
+    assert not [e for e in container["env"] if e["name"].startswith("KODIFY_TLS_")]  # plain HTTP behind it
