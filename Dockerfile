@@ -1,21 +1,42 @@
 # kodify-proxy: the Kodify API server (LiteLLM proxy + kodify_proxy) in front of vLLM.
 #   docker build -t kodify-proxy:0.1.0 .
 # No secrets are baked in: tokens and passwords come from the environment at run time (.env, Kubernetes Secrets).
-# Pin the base by digest for bit-for-bit rebuilds: --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:...
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The base is pinned by digest (docs/deployment.md, "Reproducible image": where it came from, how to refresh it).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 FROM ${PYTHON_IMAGE}
 
+# Prisma (LiteLLM's admin UI) keeps its CLI, query engine and private Node in /opt/prisma, not in root's home, so the
+# service's user finds the engine the generated client points at.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PRISMA_BINARY_CACHE_DIR=/opt/prisma/binaries \
+    PRISMA_NODEENV_CACHE_DIR=/opt/prisma/nodeenv \
+    PRISMA_USE_GLOBAL_NODE=false \
+    PRISMA_HIDE_UPDATE_MESSAGE=1
 
 # The source stays in the image: alembic/ and preprocess_configs/ are used from here, relative to the working dir.
 WORKDIR /opt/kodify-proxy
+# Every dependency at the version and file hashes of the lock (regenerate it as docs/deployment.md says); this layer
+# is rebuilt only when the lock changes.
+COPY requirements.lock /opt/kodify-proxy/requirements.lock
+RUN pip install --require-hashes -r /opt/kodify-proxy/requirements.lock
+# LiteLLM's admin UI signs in through Prisma: generate its client for litellm's own schema.prisma at build time, as
+# LiteLLM's image does (without importing litellm, which would fetch its cost map). prisma-client-py installs a private
+# Node with nodeenv (version pinned in nodeenv's ~/.nodeenvrc: prisma 0.15 cannot parse PRISMA_NODEENV_EXTRA_ARGS from
+# the environment), the Prisma CLI it pins (npm) and its query engine. Needs the internet: docs/deployment.md.
+ARG PRISMA_NODE_VERSION=20.20.2
+RUN printf '[nodeenv]\nnode = %s\n' "${PRISMA_NODE_VERSION}" > /root/.nodeenvrc \
+    && litellm_dir="$(python -c 'import importlib.util as u; print(u.find_spec("litellm").submodule_search_locations[0])')" \
+    && prisma generate --schema "${litellm_dir}/proxy/schema.prisma" \
+    && rm -rf /root/.nodeenvrc /root/.npm /root/.cache \
+    && chmod -R a+rX /opt/prisma
 COPY . /opt/kodify-proxy
 # The guide's paths: config.yml is mounted at /vllm-workspace/config.yml, and the Kubernetes init container runs
 # `alembic -c /vllm-workspace/middleware/gpt_logger/alembic.ini upgrade head` (that directory links to the source).
-RUN pip install /opt/kodify-proxy \
+# --no-deps: the lock above installed every dependency; pip must not resolve (or fetch) anything else.
+RUN pip install /opt/kodify-proxy --no-deps \
     && rm -rf /opt/kodify-proxy/build /opt/kodify-proxy/*.egg-info \
     && mkdir -p /vllm-workspace/middleware \
     && ln -s /opt/kodify-proxy /vllm-workspace/middleware/gpt_logger \

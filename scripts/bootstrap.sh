@@ -30,12 +30,15 @@ fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "Python >= 3.11 is required"; exit 1; }
 
 stamp=".venv/.kodify-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements-dev.lock | sha256sum | cut -d' ' -f1)"
 if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
 fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-log "installing kodify-proxy and its dev tools into .venv"
+log "installing kodify-proxy and its dev tools into .venv from requirements-dev.lock"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Every dependency at the version and file hashes of the lock (docs/deployment.md, "Reproducible image"), then the
+# project itself without letting pip resolve anything again.
+.venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
+.venv/bin/python -m pip install -q --no-deps -e .
 echo "$want" > "$stamp"

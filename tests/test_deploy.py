@@ -23,9 +23,9 @@ import kubernetes_validate
 import psycopg
 import pytest
 import yaml
-from dotenv import dotenv_values
 
 from kodify_proxy import OFFLINE_SWITCHES
+from kodify_proxy.env_file import read_env_file
 from kodify_proxy.env_types import vllm_extra_args
 from kodify_proxy.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import parse_config
@@ -143,7 +143,7 @@ def configmap_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
 
 
 def example_secrets() -> dict[str, str]:
-    return {k: v or "" for k, v in dotenv_values(K8S / "secrets.env.example").items()}
+    return read_env_file(K8S / "secrets.env.example", lambda _: None).values
 
 
 def pod_spec(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -380,7 +380,8 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_contract() -> None:
     steps = dockerfile_instructions()
     text = "\n".join(f"{op} {args}" for op, args in steps)
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.M)  # an exact, pinned tag
+    # an exact tag, pinned by digest
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$", text, re.M)
     assert ("FROM", "${PYTHON_IMAGE}") in steps
     assert re.search(r"^RUN pip install /opt/kodify-proxy ", text, re.M)
     assert "ln -s /opt/kodify-proxy /vllm-workspace/middleware/gpt_logger" in text
@@ -556,7 +557,7 @@ def test_env_example_lists_every_guide_variable_and_is_valid() -> None:
     text = (REPO / ".env.example").read_text()
     active = {m.group(1) for m in re.finditer(r"^([A-Z][A-Z0-9_]*)=", text, re.M)}
     assert set(GUIDE_VARIABLES) | {"NVIDIA_VISIBLE_DEVICES", "WAIT_VLLM"} <= active
-    values = {k: v or "" for k, v in dotenv_values(REPO / ".env.example").items()}
+    values = read_env_file(REPO / ".env.example", lambda _: None).values
     settings = load_settings(values)
     assert (settings.max_n, settings.gpuutil, settings.wait_vllm_attempts) == (10, 0.9, 30)
     assert values["LOGS_DB_PASSWORD"] == values["POSTGRES_PASSWORD"]  # interpolated, as Compose does
@@ -572,7 +573,7 @@ def test_env_example_auth_examples_are_valid(tmp_path: Path, heading: str, mode:
     assert "MTSAI_AUTH" in example and "GPUUTIL" in example
     merged = tmp_path / ".env"
     merged.write_text(text + "\n" + "\n".join(f"{k}={v}" for k, v in example.items()) + "\n")
-    settings = load_settings({k: v or "" for k, v in dotenv_values(merged).items()})
+    settings = load_settings(read_env_file(merged, lambda _: None).values)
     if mode == "one-token":
         assert settings.vllm_api_key is not None and not settings.mtsai_auth
     else:
