@@ -23,7 +23,7 @@ from sqlalchemy import URL
 from kodify_proxy import tls
 from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
 from kodify_proxy.env_file import read_env_file
-from kodify_proxy.env_types import resolve_workers
+from kodify_proxy.env_types import TRUE_WORDS, resolve_workers
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, UpstreamState, check_all, load_config, resolve_config_path
 
@@ -71,7 +71,7 @@ def collect(config_arg: str | None, env_file: str | None) -> list[Finding]:
     """Every check in order; later ones still run when earlier ones found problems."""
     environ, findings = read_environment(env_file)
     settings, more = check_environment(environ)
-    findings += more
+    findings += more + check_compose_database(settings, environ)
     config, more = check_config(config_arg, settings)
     findings += more
     if config is not None:
@@ -183,6 +183,42 @@ def _environment_notes(settings: Settings) -> list[Finding]:
     how = f"auto: the {count} CPUs this process may use" if settings.workers == "auto" else "KODIFY_WORKERS"
     notes.append(note(f"serve runs {count} worker process{'es' * (count > 1)} ({how}), ~330 MB of memory each"))
     return notes
+
+
+# compose.yaml's profiles that start PostgreSQL and the migrate service; tests/test_deploy.py holds them equal.
+DATABASE_PROFILES = frozenset(
+    {"database", "auth-DB"}
+    | {f"logs-{case}" for word in TRUE_WORDS for case in (word, word.capitalize(), word.upper())}
+)
+PROFILES_FIX = (
+    "keep .env.example's line COMPOSE_PROFILES=auth-${AUTH_TYPE:-NO},logs-${LOGS:-False} below the AUTH_TYPE and "
+    "LOGS lines (Compose expands it with the lines above it), or add ,database to it"
+)
+
+
+def check_compose_database(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
+    """Under compose (COMPOSE_PROFILES in the ENV): PostgreSQL starts when AUTH_TYPE=DB or LOGS need it, and then
+    has a password."""
+    profiles = environ.get("COMPOSE_PROFILES")
+    if profiles is None:
+        return []
+    needs = [name for name, on in (("AUTH_TYPE=DB", settings.auth_type == "DB"), ("LOGS", settings.logs)) if on]
+    starts = bool(DATABASE_PROFILES & {profile.strip() for profile in profiles.split(",")})
+    if needs and not starts:
+        need = " and ".join(needs)
+        return [
+            problem(f"COMPOSE_PROFILES={profiles} leaves out compose's PostgreSQL, which {need} needs", PROFILES_FIX)
+        ]
+    if starts and not environ.get("POSTGRES_PASSWORD"):
+        return [
+            problem(
+                f"compose starts PostgreSQL (COMPOSE_PROFILES={profiles}) but POSTGRES_PASSWORD is empty",
+                "set POSTGRES_PASSWORD in .env (long and random: `openssl rand -hex 24`)",
+            )
+        ]
+    if starts:
+        return [ok(f"compose starts PostgreSQL and the migrate service (COMPOSE_PROFILES={profiles})")]
+    return [note(f"compose starts no database (COMPOSE_PROFILES={profiles}): none is needed")]
 
 
 # --- config.yml and upstreams ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, PlainValidator, SecretStr
 
-_TRUE = {"true", "1", "yes", "on", "y"}
+TRUE_WORDS = frozenset({"true", "1", "yes", "on", "y"})  # any case
 _FALSE = {"false", "0", "no", "off", "n", ""}
 
 
@@ -20,7 +20,7 @@ def _parse_bool(value: Any) -> Any:
     """Booleans the way the guide's ENV files write them: true/True/1/yes, and an empty value is off."""
     if isinstance(value, str):
         lowered = value.strip().lower()
-        if lowered in _TRUE:
+        if lowered in TRUE_WORDS:
             return True
         if lowered in _FALSE:
             return False

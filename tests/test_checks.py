@@ -287,3 +287,16 @@ def test_every_variable_compose_yaml_and_env_example_name_is_known() -> None:
     compose = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / "compose.yaml").read_text()))
     example = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", (REPO / ".env.example").read_text(), re.MULTILINE))
     assert (compose | example) - known_variables() == set()
+
+
+def test_compose_profiles_must_start_the_database_the_env_needs(tmp_path: Path) -> None:
+    asks = {**base_env(tmp_path), "LOGS": "True", "KODIFY_JOURNAL_URL": f"sqlite:///{tmp_path}/journal.db"}
+    _, lines = check(tmp_path, None, {**asks, "COMPOSE_PROFILES": "auth-NO,logs-False"})
+    assert has(lines, "problem: COMPOSE_PROFILES=auth-NO,logs-False leaves out compose's PostgreSQL, which LOGS needs")
+    _, lines = check(tmp_path, None, {**asks, "COMPOSE_PROFILES": "auth-NO,logs-True"})
+    assert has(lines, "problem: compose starts PostgreSQL", "but POSTGRES_PASSWORD is empty")
+    _, lines = check(tmp_path, None, {**asks, "COMPOSE_PROFILES": "auth-NO,logs-True", "POSTGRES_PASSWORD": "pw"})
+    assert has(lines, "ok: compose starts PostgreSQL and the migrate service (COMPOSE_PROFILES=auth-NO,logs-True)")
+    _, lines = check(tmp_path, None, {**base_env(tmp_path), "COMPOSE_PROFILES": "auth-NO,logs-False"})
+    assert has(lines, "note: compose starts no database (COMPOSE_PROFILES=auth-NO,logs-False): none is needed")
+    assert not has(lines, "POSTGRES_PASSWORD")

@@ -70,8 +70,15 @@ def compose_config(tmp: Path, overrides: Mapping[str, str | None] | None = None)
     project = tmp / "project"
     project.mkdir(exist_ok=True)
     shutil.copy(REPO / "compose.yaml", project / "compose.yaml")
-    lines = [line for line in (REPO / ".env.example").read_text().splitlines() if line.split("=")[0] not in overrides]
-    added = [f"{k}={v}" for k, v in overrides.items() if v is not None]
+    lines = []  # each overridden line replaced where it is: a later line may use it (COMPOSE_PROFILES does)
+    for line in (REPO / ".env.example").read_text().splitlines():
+        name = line.split("=")[0]
+        if name not in overrides:
+            lines.append(line)
+        elif overrides[name] is not None:
+            lines.append(f"{name}={overrides[name]}")
+    present = {line.split("=")[0] for line in lines}
+    added = [f"{k}={v}" for k, v in overrides.items() if v is not None and k not in present]
     (project / ".env").write_text("\n".join([*lines, *added]) + "\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp)}
     return subprocess.run(
@@ -152,8 +159,8 @@ def pod_spec(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """compose.yaml resolved with .env.example as the .env."""
-    return compose_model(tmp_path_factory.mktemp("compose"))
+    """compose.yaml resolved with .env.example as the .env, the database profile on (as with AUTH_TYPE=DB or LOGS)."""
+    return compose_model(tmp_path_factory.mktemp("compose"), {"COMPOSE_PROFILES": "database"})
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +321,7 @@ def test_client_token_never_reaches_vllm(model: dict[str, Any]) -> None:
 
 def test_every_guide_variable_reaches_its_service(tmp_path: Path) -> None:
     markers = {name: f"marker-{name.lower()}" for name in GUIDE_VARIABLES}
-    services = compose_model(tmp_path, markers)["services"]
+    services = compose_model(tmp_path, {**markers, "COMPOSE_PROFILES": "database"})["services"]
     for name, service in GUIDE_VARIABLES.items():
         assert services[service]["environment"].get(name) == markers[name], name
     assert services["kodify-proxy"]["environment"]["RUN_MIGRATIONS"] == "0"  # the migrate service ran them
@@ -330,8 +337,42 @@ def test_postgres_service(model: dict[str, Any], tmp_path: Path) -> None:
     assert model["volumes"]["mtsai_pgdata"]["name"] == "mtsai_pgdata"  # the guide's volume name, unprefixed
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert postgres["environment"]["POSTGRES_PASSWORD"] == "CHANGE-THIS-PASSWORD"
-    missing = compose_config(tmp_path, {"POSTGRES_PASSWORD": ""})
-    assert missing.returncode != 0 and "set POSTGRES_PASSWORD in .env" in missing.stderr
+
+
+DATABASE_ASKED = {
+    ".env.example (one token or dummy, no journal)": ({}, False),
+    "per-user authorization": ({"MTSAI_AUTH": "true", "AUTH_TYPE": "DB"}, True),
+    "journal": ({"LOGS": "True"}, True),
+    "journal, yes": ({"LOGS": "yes"}, True),
+    "journal, 1": ({"LOGS": "1"}, True),
+    "journal off": ({"LOGS": "false"}, False),
+    "journal empty": ({"LOGS": ""}, False),
+}
+
+
+@pytest.mark.parametrize(("env", "database"), DATABASE_ASKED.values(), ids=DATABASE_ASKED.keys())
+def test_database_services_start_only_when_the_env_asks_for_them(
+    tmp_path: Path, env: dict[str, str], database: bool
+) -> None:
+    # Without the database, POSTGRES_PASSWORD may be missing altogether.
+    services = compose_model(tmp_path, {**env, "POSTGRES_PASSWORD": "pw" if database else None})["services"]
+    assert {"vllm", "kodify-proxy"} <= services.keys()
+    assert ({"postgres", "migrate"} <= services.keys()) is database
+    assert ({"postgres", "migrate"} & services.keys()) == ({"postgres", "migrate"} if database else set())
+    depends = services["kodify-proxy"]["depends_on"]
+    assert depends["postgres"]["required"] is False and depends["migrate"]["required"] is False
+
+
+def test_every_spelling_of_logs_on_starts_the_database() -> None:
+    from kodify_proxy.checks import DATABASE_PROFILES
+    from kodify_proxy.env_types import TRUE_WORDS
+
+    raw = yaml.safe_load((REPO / "compose.yaml").read_text())
+    profiles = raw["services"]["postgres"]["profiles"]
+    assert raw["services"]["migrate"]["profiles"] == profiles
+    assert set(profiles) == DATABASE_PROFILES  # what `check` expects COMPOSE_PROFILES to name
+    spellings = {f"logs-{case}" for word in TRUE_WORDS for case in (word, word.capitalize(), word.upper())}
+    assert spellings | {"database", "auth-DB"} == set(profiles)
 
 
 def test_kodify_proxy_service(model: dict[str, Any], tmp_path: Path) -> None:
