@@ -233,6 +233,7 @@ class Identity:
 ANONYMOUS: Final = Identity("anonymous", "kodify-dummy")
 SHARED_USER: Final = Identity("shared", "kodify-shared-token")
 MASTER: Final = Identity("litellm-master-key", "litellm-master-key", master=True)
+SCRAPER: Final = Identity("metrics", "kodify-metrics-token")
 
 
 def presented_token(headers: Mapping[str, str]) -> str | None:
@@ -296,6 +297,9 @@ class Authenticator:
         self.mode = select_mode(settings)
         self._shared = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key is not None else None
         self._master = master_key.encode()
+        self._metrics = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
+        # GET /metrics is open only where every route is (dummy auth), unless KODIFY_METRICS_AUTH closes it too.
+        self.metrics_open = self.mode == "dummy" and not settings.metrics_auth
         self.verifier = verifier
         if self.mode == "db" and verifier is None:
             raise ValueError("per-user auth needs a TokenVerifier")
@@ -303,6 +307,28 @@ class Authenticator:
     def is_master(self, token: str | None) -> bool:
         """Whether `token` is LiteLLM's master key (constant time)."""
         return token is not None and hmac.compare_digest(token.encode(), self._master)
+
+    def scraper(self, headers: Mapping[str, str]) -> Identity:
+        """GET /metrics: the metrics token (KODIFY_METRICS_TOKEN) or the master key; a client token is not enough,
+        since the metrics name every upstream and count every user's requests. Open with dummy auth, whatever the
+        header says (Prometheus sends `Bearer ` and an empty token file when none is set)."""
+        try:
+            token = presented_token(headers)
+        except Unauthorized:
+            if self.metrics_open:
+                return ANONYMOUS
+            raise
+        if self.is_master(token):
+            return MASTER
+        metrics = self._metrics
+        if metrics is not None and token is not None and hmac.compare_digest(hash_token(token), hash_token(metrics)):
+            return SCRAPER
+        if self.metrics_open:
+            return ANONYMOUS
+        raise Unauthorized(
+            "GET /metrics needs Prometheus' credential: 'Authorization: Bearer <KODIFY_METRICS_TOKEN>' "
+            "(or the LiteLLM master key); client tokens are not accepted here"
+        )
 
     async def client(self, token: str | None) -> Identity:
         """The identity behind `token` on a client route; Unauthorized, or 503 when the user DB can't answer."""

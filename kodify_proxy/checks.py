@@ -71,7 +71,7 @@ def collect(config_arg: str | None, env_file: str | None) -> list[Finding]:
     """Every check in order; later ones still run when earlier ones found problems."""
     environ, findings = read_environment(env_file)
     settings, more = check_environment(environ)
-    findings += more + check_compose_database(settings, environ)
+    findings += more + check_compose_database(settings, environ) + check_metrics(settings, environ)
     config, more = check_config(config_arg, settings)
     findings += more
     if config is not None:
@@ -219,6 +219,19 @@ def check_compose_database(settings: Settings, environ: Mapping[str, str]) -> li
     if starts:
         return [ok(f"compose starts PostgreSQL and the migrate service (COMPOSE_PROFILES={profiles})")]
     return [note(f"compose starts no database (COMPOSE_PROFILES={profiles}): none is needed")]
+
+
+def check_metrics(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
+    """Whenever a client token is needed, GET /metrics needs Prometheus' own token (or the master key)."""
+    guarded = settings.mtsai_auth or settings.vllm_api_key is not None or settings.metrics_auth
+    if not guarded or settings.metrics_token is not None:
+        return [ok("GET /metrics: Prometheus sends KODIFY_METRICS_TOKEN")] if guarded else []
+    profiles = {profile.strip() for profile in environ.get("COMPOSE_PROFILES", "").split(",")}
+    scraping = "compose's Prometheus (profile monitoring) can't scrape it" if "monitoring" in profiles else ""
+    fix = "set KODIFY_METRICS_TOKEN (`openssl rand -hex 32`) and give Prometheus the same value (docs/deployment.md)"
+    if scraping:
+        return [problem(f"GET /metrics needs KODIFY_METRICS_TOKEN or the master key, so {scraping}", fix)]
+    return [note(f"GET /metrics needs the LiteLLM master key: for Prometheus, {fix}")]
 
 
 # --- config.yml and upstreams ----------------------------------------------------------------------------------

@@ -147,13 +147,12 @@ class Gateway:
             raise
 
     async def _identity(self, route: surface.Route, scope: Scope) -> Identity:
-        """Auth before anything else; open routes (and /metrics unless KODIFY_METRICS_AUTH) need none."""
-        if route.auth == "open" or (route.auth == "metrics" and not self.rt.settings.metrics_auth):
+        """Auth before anything else; open routes need none, /metrics its own credential whenever auth is on."""
+        if route.auth == "open":
             return MASTER if self._administrator(scope) else ANONYMOUS
-        identity = await self.rt.authenticator.client(presented_token(_auth_headers(scope)))
-        if route.auth == "metrics" and not identity.master:
-            raise Unauthorized("GET /metrics needs the LiteLLM master key here (KODIFY_METRICS_AUTH=true)")
-        return identity
+        if route.auth == "metrics":
+            return self.rt.authenticator.scraper(_auth_headers(scope))
+        return await self.rt.authenticator.client(presented_token(_auth_headers(scope)))
 
     async def _read_json(self, call: Call) -> bool:
         """The body, read once and parsed into `call.data`; False when the client left first."""

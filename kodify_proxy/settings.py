@@ -118,7 +118,12 @@ class Settings(BaseSettings):
     workers: WorkerCount = _env(
         "KODIFY_WORKERS", "auto (the CPUs this process may use) or a whole number 1-512 of server processes", "auto"
     )
-    metrics_auth: Flag = _env("KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need the master key", False)
+    metrics_auth: Flag = _env(
+        "KODIFY_METRICS_AUTH", "a boolean: true makes GET /metrics need its credential with dummy auth too", False
+    )
+    metrics_token: OptSecret = _env(
+        "KODIFY_METRICS_TOKEN", "a token for Prometheus only: GET /metrics with 'Authorization: Bearer <it>'"
+    )
     # HTTPS served by kodify-proxy itself (docs/deployment.md, "TLS"); empty behind an ingress that terminates TLS
     tls_cert_file: OptStr = _env(
         "KODIFY_TLS_CERT_FILE", "a path to the server's PEM certificate (its chain after it), with KODIFY_TLS_KEY_FILE"
@@ -251,6 +256,7 @@ SECRET_VARIABLES = frozenset(
         "KODIFY_JOURNAL_URL",
         "DATABASE_URL",
         "REDIS_URL",
+        "KODIFY_METRICS_TOKEN",
     }
 )
 
@@ -391,9 +397,19 @@ def _model_server_problems(settings: Settings) -> list[str]:
     ]
 
 
+def _metrics_problems(settings: Settings) -> list[str]:
+    """The metrics token must not be a client token too, or every client could read every user's counts."""
+    token, shared = settings.metrics_token, settings.vllm_api_key
+    if token is None or shared is None or token.get_secret_value() != shared.get_secret_value():
+        return []
+    return [
+        "KODIFY_METRICS_TOKEN=<hidden> equals VLLM_API_KEY: give Prometheus a token of its own (openssl rand -hex 32)"
+    ]
+
+
 def _cross_check(settings: Settings) -> list[str]:
     """Problems that involve several variables at once."""
-    problems = _journal_problems(settings)
+    problems = _journal_problems(settings) + _metrics_problems(settings)
     problems += _auth_problems(settings)
     problems += _model_server_problems(settings)
     problems += tls.problems(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)

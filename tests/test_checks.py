@@ -300,3 +300,15 @@ def test_compose_profiles_must_start_the_database_the_env_needs(tmp_path: Path) 
     _, lines = check(tmp_path, None, {**base_env(tmp_path), "COMPOSE_PROFILES": "auth-NO,logs-False"})
     assert has(lines, "note: compose starts no database (COMPOSE_PROFILES=auth-NO,logs-False): none is needed")
     assert not has(lines, "POSTGRES_PASSWORD")
+
+
+def test_metrics_need_a_token_for_prometheus_when_auth_is_on(tmp_path: Path) -> None:
+    shared = {**base_env(tmp_path), "VLLM_API_KEY": "client-token"}
+    _, lines = check(tmp_path, None, {**shared, "COMPOSE_PROFILES": "auth-NO,logs-False,monitoring"})
+    assert has(lines, "problem: GET /metrics needs KODIFY_METRICS_TOKEN or the master key, so compose's Prometheus")
+    _, lines = check(tmp_path, None, shared)
+    assert has(lines, "note: GET /metrics needs the LiteLLM master key: for Prometheus, set KODIFY_METRICS_TOKEN")
+    _, lines = check(tmp_path, None, {**shared, "KODIFY_METRICS_TOKEN": "scrape"})
+    assert "ok: GET /metrics: Prometheus sends KODIFY_METRICS_TOKEN" in lines
+    _, lines = check(tmp_path, None, base_env(tmp_path))  # dummy auth: /metrics is open like every route
+    assert not has(lines, "/metrics")

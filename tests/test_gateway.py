@@ -127,5 +127,14 @@ def test_the_ui_sign_in_needs_litellms_database(tmp_path: Path, path: str) -> No
 def test_open_routes_need_no_token(tmp_path: Path) -> None:
     app, litellm = gateway(tmp_path)
     assert call(app, "GET", "/health/liveliness").status_code == 200
-    assert call(app, "GET", "/metrics").text.startswith("# HELP")
+    # With a token in use, /metrics wants Prometheus' own credential (tests/test_prometheus_metrics.py).
+    assert call(app, "GET", "/metrics").status_code == 401
+    assert call(app, "GET", "/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text.startswith("# HELP")
     assert litellm.seen == []
+
+
+def test_metrics_are_open_with_dummy_auth_whatever_the_header_says(tmp_path: Path) -> None:
+    app, _ = gateway(tmp_path, VLLM_API_KEY="")
+    # Prometheus with an empty token file sends `Bearer ` and nothing after it.
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+        assert call(app, "GET", "/metrics", headers=headers).status_code == 200, headers

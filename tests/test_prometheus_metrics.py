@@ -12,12 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.prometheus_metrics import Metrics
+from kodify_proxy.settings import SettingsError, load_settings
 from tests.clients import abandon_sync
-from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
+from tests.servers import REPO, Server, free_port, kodify_proxy, upstreams_yaml
 
 FAMILIES = {
     "kodify_requests",
@@ -98,13 +100,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, upstream: Server) -> Itera
     server.stop()
 
 
-def prometheus(tmp: Path, target: str) -> subprocess.Popen[bytes]:
+def prometheus(tmp: Path, target: str, job: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
+    """A real Prometheus scraping `target` every second, with `job`'s settings (else a plain job `kodify`)."""
     port = free_port()
     config = tmp / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: kodify\n    static_configs: [{{targets: ['{target}']}}]\n"
-    )
+    scrape = {**(job or {"job_name": "kodify"}), "static_configs": [{"targets": [target]}]}
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [scrape]}))
     with (tmp / "prometheus.log").open("wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
@@ -189,14 +190,74 @@ def test_no_user_or_token_is_a_label(scraped: Server) -> None:
     assert "anonymous" not in text
 
 
-def test_metrics_can_need_the_master_key(tmp_path: Path, upstream: Server) -> None:
-    server = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env={"KODIFY_METRICS_AUTH": "true"}, name="m2")
+METRICS_TOKEN = "prometheus-only-token"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"VLLM_API_KEY": "client-token"},  # one shared token
+        {"KODIFY_METRICS_AUTH": "true"},  # dummy auth, metrics closed anyway
+    ],
+    ids=["one token", "dummy auth with KODIFY_METRICS_AUTH"],
+)
+def test_metrics_need_their_credential_whenever_auth_is_on(
+    tmp_path: Path, upstream: Server, env: dict[str, str]
+) -> None:
+    server = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env={**env, "KODIFY_METRICS_TOKEN": METRICS_TOKEN})
     server.start()
     try:
-        assert httpx.get(server.url + "/metrics").status_code == 401
-        master = {"Authorization": f"Bearer {server.master_key()}"}
-        response = httpx.get(server.url + "/metrics", headers=master)
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        for headers in ({}, {"Authorization": "Bearer client-token"}, {"Authorization": "Bearer wrong"}):
+            refused = httpx.get(server.url + "/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            error = refused.json()["error"]
+            assert "KODIFY_METRICS_TOKEN" in error["message"] and error["code"] == "invalid_api_key"
+            assert "kodify_upstream_up" not in refused.text and upstream.url not in refused.text
+        for token in (METRICS_TOKEN, server.master_key()):
+            response = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+            assert "kodify_upstream_up" in response.text
         assert json.loads(httpx.get(server.url + "/health").text)["status"] == "ok"  # /health stays open
+        # The metrics token is Prometheus' only: it is not a client token.
+        chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+        as_client = httpx.post(
+            server.url + "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        assert as_client.status_code == (401 if "VLLM_API_KEY" in env else 200)
     finally:
+        server.stop()
+
+
+def test_a_metrics_token_equal_to_the_client_token_is_refused() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"VLLM_API_KEY": "same", "KODIFY_METRICS_TOKEN": "same"})
+    assert refused.value.problems == [
+        "KODIFY_METRICS_TOKEN=<hidden> equals VLLM_API_KEY: give Prometheus a token of its own (openssl rand -hex 32)"
+    ]
+
+
+def test_the_shipped_prometheus_job_scrapes_with_the_metrics_token(tmp_path: Path, upstream: Server) -> None:
+    env = {"VLLM_API_KEY": "client-token", "KODIFY_METRICS_TOKEN": METRICS_TOKEN}
+    server = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env=env, name="scraped").start()
+    shipped = yaml.safe_load((REPO / "deploy/monitoring/prometheus.yml").read_text())["scrape_configs"]
+    job = next(job for job in shipped if job["job_name"] == "kodify-proxy")
+    token = tmp_path / "kodify-metrics-token"  # compose's secret file, here
+    token.write_text(METRICS_TOKEN)
+    job["authorization"]["credentials_file"] = str(token)
+    scraper = prometheus(tmp_path, f"127.0.0.1:{server.port}", job)
+    port = scraper.port  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(port) or query(port, "kodify_upstream_up") is None:
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        assert query(port, 'up{job="kodify-proxy"}') == 1
+        token.write_text("not-the-token")  # Prometheus rereads the file at each scrape
+        deadline = time.monotonic() + 30
+        while query(port, 'up{job="kodify-proxy"}') != 0:
+            assert time.monotonic() < deadline, "a wrong token still scraped"
+            time.sleep(0.5)
+    finally:
+        scraper.terminate()
+        scraper.wait(20)
         server.stop()

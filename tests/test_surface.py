@@ -247,7 +247,7 @@ def test_the_openai_routes_answer_without_v1_as_with_it(guarded: Server) -> None
         assert client.get("/models/fake-model").json() == client.get("/v1/models/fake-model").json()
         assert_ours(client.get("/models/nope"), 404, "model_not_found")
         assert_ours(client.put("/chat/completions"), 405, "method_not_allowed")
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {guarded.master_key()}"}).text
     # Counted under the /v1 route, whichever spelling the client used.
     assert 'route="/chat/completions"' not in metrics and 'route="/v1/chat/completions"' in metrics
     # An SDK given the server's address without /v1 (as a Continue apiBase without /v1 is).

@@ -88,6 +88,9 @@ class Pool:
         return [int(pid) for pid in children.split()]
 
 
+METRICS_TOKEN = "metrics-token-for-the-workers-test"
+
+
 def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: str, name: str) -> Pool:
     env = {
         "MTSAI_AUTH": "true",
@@ -100,6 +103,7 @@ def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: st
         "RUN_MIGRATIONS": "1",
         "KODIFY_JOURNAL_FLUSH_INTERVAL": "0.2",
         "KODIFY_SHUTDOWN_GRACE": "20",
+        "KODIFY_METRICS_TOKEN": METRICS_TOKEN,
     }
     config = upstreams_yaml(*(u.url for u in upstreams))
     proxy = kodify_proxy(tmp, config, env={**env, "KODIFY_WORKERS": "2"}, name=name)
@@ -176,7 +180,8 @@ def test_two_workers_are_one_service_and_the_counts_add_up(pool: Pool) -> None:
         ),
     }
     before = {route: pool.served(route) for route in calls}
-    metrics_before = httpx.get(pool.proxy.url + "/metrics").text
+    scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    metrics_before = httpx.get(pool.proxy.url + "/metrics", headers=scraper).text
     for route, (path, body) in calls.items():
 
         def send(i: int, path: str = path, body: Any = body) -> httpx.Response:
@@ -190,7 +195,7 @@ def test_two_workers_are_one_service_and_the_counts_add_up(pool: Pool) -> None:
         assert len([n for n in per_worker.values() if n > 0]) == 2, f"{route}: one worker took all: {per_worker}"
     # /metrics, from whichever worker answers, counts the whole server
     for _ in range(4):
-        whole = _scraped(httpx.get(pool.proxy.url + "/metrics", headers={"Connection": "close"}).text)
+        whole = _scraped(httpx.get(pool.proxy.url + "/metrics", headers={**scraper, "Connection": "close"}).text)
         for route in calls:
             key = ("kodify_requests_total", route, "200")
             assert whole[key] - _scraped(metrics_before).get(key, 0) == 40, route
