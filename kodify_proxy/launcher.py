@@ -102,8 +102,53 @@ def prepare_launch(settings: Settings, config: KodifyConfig, workers: int) -> tu
     master_key = ensure_master_key(settings)
     path = write_litellm_config(settings, prepared.litellm_config)
     export_environment(config, master_key, path)
+    if settings.litellm_database_url is not None:
+        require_prisma_client()
+        migrate_litellm_database()
     log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
     return Launch(settings, config, preprocessing, prepared, master_key, workers), verifier
+
+
+PRISMA_FIX = "build the image, which installs them (docs/deployment.md, 'The LiteLLM admin UI'), or unset DATABASE_URL"
+
+
+def require_prisma_client() -> None:
+    """LiteLLM's admin UI (DATABASE_URL) needs the Prisma client generated for LiteLLM's schema, which the image does
+    at build; without it LiteLLM's own startup fails later with a traceback, so say so here, before anything runs."""
+    try:
+        from prisma import Prisma  # type: ignore[attr-defined]  # noqa: F401 - generated code: importing it is the test
+    except Exception as exc:  # prisma-client-py raises RuntimeError when not generated; ImportError when absent
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        raise StartupError(
+            f"DATABASE_URL is set for LiteLLM's admin UI, but LiteLLM's Prisma client and engines are not installed "
+            f"({reason}): {PRISMA_FIX}"
+        ) from None
+
+
+def migrate_litellm_database() -> None:
+    """LiteLLM's own tables migrated once, as LiteLLM's `litellm` command does before it serves
+    (litellm/proxy/proxy_cli.py, 1.106.12: `PrismaManager.setup_database`); we serve its app without that command,
+    so this is the one step of it we repeat. DATABASE_URL is read from the environment, as LiteLLM reads it."""
+    from litellm_proxy_extras.prisma_toolchain import prisma_cli_available
+
+    if not prisma_cli_available():
+        raise StartupError(
+            f"DATABASE_URL is set for LiteLLM's admin UI, but the Prisma CLI is not installed: {PRISMA_FIX}"
+        )
+    from litellm.proxy.db.prisma_client import PrismaManager
+
+    log.info("Migrating LiteLLM's own database (DATABASE_URL) for its admin UI")
+    try:
+        migrated = PrismaManager.setup_database(use_migrate=True, use_v2_resolver=True)
+    except RuntimeError as exc:  # what LiteLLM raises for a migration it can't recover (proxy_cli.py catches it too)
+        migrated, why = False, f"{exc}".strip().splitlines()[0]
+    else:
+        why = "its log above says why"
+    if not migrated:
+        raise StartupError(
+            f"LiteLLM could not migrate its database at DATABASE_URL ({why}): check that the database exists and "
+            f"answers, and that Prisma's engines are installed: {PRISMA_FIX}"
+        )
 
 
 def build_app(launch: Launch, worker: int, verifier: TokenVerifier | None) -> ASGIApp:

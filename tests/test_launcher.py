@@ -4,8 +4,10 @@ LiteLLM starts with."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +15,16 @@ import pytest
 import yaml
 
 from kodify_proxy.errors import StartupError
-from kodify_proxy.launcher import ensure_master_key, export_environment, prepare, write_litellm_config
+from kodify_proxy.launcher import (
+    ensure_master_key,
+    export_environment,
+    migrate_litellm_database,
+    prepare,
+    write_litellm_config,
+)
 from kodify_proxy.settings import load_settings
 from kodify_proxy.upstreams import parse_config
-from tests.servers import Server, free_port
+from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
 
 UPSTREAM_KEY = "sk-upstream-secret-for-serving-test"
 
@@ -84,3 +92,55 @@ def test_litellm_starts_with_its_config_path_the_master_key_and_upstream_keys(
     assert os.environ["CONFIG_FILE_PATH"] == str(tmp_path / "litellm.yaml")
     assert os.environ["LITELLM_MASTER_KEY"] == "sk-master"
     assert os.environ["KODIFY_UPSTREAM_1_API_KEY"] == UPSTREAM_KEY and "KODIFY_UPSTREAM_0_API_KEY" not in os.environ
+
+
+# --- LiteLLM's own database (its admin UI): migrated once at start, as its `litellm` command does ------------------
+
+
+def fake_prisma(bin_dir: Path, exit_code: int) -> Path:
+    """A `prisma` CLI at the process boundary (the real one needs engines downloaded from the internet): it records
+    each call (arguments, directory, DATABASE_URL) in `bin_dir/calls.jsonl` and exits with `exit_code`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "prisma"
+    calls = bin_dir / "calls.jsonl"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"with open({str(calls)!r}, 'a') as f:\n"
+        "    f.write(json.dumps([sys.argv[1:], os.getcwd(), os.environ.get('DATABASE_URL')]) + '\\n')\n"
+        f"sys.exit({exit_code})\n"
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_without_a_generated_prisma_client_serve_stops_at_once_saying_so(upstream: Server, tmp_path: Path) -> None:
+    # These machines can't download Prisma's engines, so LiteLLM's client is never generated here (the image does).
+    calls = fake_prisma(tmp_path / "bin", 0)
+    env = {"DATABASE_URL": "postgresql://u:p@db:5432/litellm", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    server = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env=env).start(expect_ready=False)
+    try:
+        assert server.process is not None and server.process.wait(120) == 1
+        log = server.log_text()
+        assert "error: DATABASE_URL is set for LiteLLM's admin UI, but LiteLLM's Prisma client and engines" in log
+        assert "build the image" in log and "u:p@db" not in log and "Traceback" not in log
+        assert not calls.exists()  # nothing migrated
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("exit_code", [0, 1], ids=["migrated", "migration fails"])
+def test_litellms_database_is_migrated_as_its_own_command_does(
+    tmp_path: Path, exit_code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fake_prisma(tmp_path / "bin", exit_code)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/litellm_ui")
+    if exit_code == 0:
+        migrate_litellm_database()
+    else:
+        with pytest.raises(StartupError, match=r"LiteLLM could not migrate its database at DATABASE_URL \(.+\)"):
+            migrate_litellm_database()
+    migrations = [json.loads(line) for line in calls.read_text().splitlines() if "migrate" in line]
+    assert [argv for argv, _, _ in migrations] == [["migrate", "deploy"]]  # once: a failed one is not retried blindly
+    directory, database = migrations[0][1:]
+    assert directory.endswith("litellm_proxy_extras") and database == "postgresql://postgres@127.0.0.1:5432/litellm_ui"
