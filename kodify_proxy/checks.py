@@ -176,9 +176,12 @@ def salvage_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def _environment_notes(settings: Settings) -> list[Finding]:
-    notes = []
-    if not settings.mtsai_auth and settings.vllm_api_key is None:
-        notes.append(note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)"))
+    if settings.mtsai_auth:
+        notes = [ok(f"authorization: a token per user, from {settings.users_table} (MTSAI_AUTH, AUTH_TYPE=DB)")]
+    elif settings.vllm_api_key is not None:
+        notes = [ok("authorization: one shared token (VLLM_API_KEY)")]
+    else:
+        notes = [note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)")]
     count = resolve_workers(settings.workers)
     how = f"auto: the {count} CPUs this process may use" if settings.workers == "auto" else "KODIFY_WORKERS"
     notes.append(note(f"serve runs {count} worker process{'es' * (count > 1)} ({how}), ~330 MB of memory each"))

@@ -269,6 +269,7 @@ def test_guide_style_env_file_read_as_compose_reads_it_every_problem_at_once(tmp
     for part in expected:
         assert has(lines, part), (part, lines)
     assert not has(lines, "dummy authorization"), "VLLM_API_KEY: abc was read: one shared token"
+    assert "ok: authorization: one shared token (VLLM_API_KEY)" in lines
     assert lines[-1] == "5 problems found"
 
 
