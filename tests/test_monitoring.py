@@ -76,11 +76,13 @@ def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
     assert all(any(part in name for name in wanted) for part in covered)
 
 
-def test_the_compose_monitoring_profile(tmp_path: Path) -> None:
+def monitoring_model(tmp_path: Path, more_env: str = "") -> dict[str, Any]:
+    """compose.yaml resolved by the real Compose with `--profile monitoring` and .env.example (plus `more_env`) as .env;
+    the project stays in tmp_path/project for more runs."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "compose.yaml").write_text((REPO / "compose.yaml").read_text())
-    (project / ".env").write_text((REPO / ".env.example").read_text())
+    (project / ".env").write_text((REPO / ".env.example").read_text() + more_env)
     done = subprocess.run(
         [str(compose_binary()), "--profile", "monitoring", "config", "--format", "json"],
         cwd=project,
@@ -90,13 +92,17 @@ def test_the_compose_monitoring_profile(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    services = json.loads(done.stdout)["services"]
+    return dict(json.loads(done.stdout))
+
+
+def test_the_compose_monitoring_profile(tmp_path: Path) -> None:
+    services = monitoring_model(tmp_path)["services"]
     assert {"prometheus", "grafana", "kodify-proxy", "vllm"} <= set(services)
     mounts = {volume["target"]: volume["source"] for volume in services["grafana"]["volumes"] if "source" in volume}
     assert mounts["/var/lib/grafana/dashboards"].endswith("deploy/monitoring/grafana/dashboards")
     plain = subprocess.run(
         [str(compose_binary()), "config", "--services"],
-        cwd=project,
+        cwd=tmp_path / "project",
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -140,20 +146,7 @@ def test_kubernetes_pods_are_scraped(tmp_path: Path) -> None:
 
 
 def test_the_compose_prometheus_gets_the_metrics_token_as_a_secret(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "compose.yaml").write_text((REPO / "compose.yaml").read_text())
-    (project / ".env").write_text((REPO / ".env.example").read_text() + "KODIFY_METRICS_TOKEN=scrape-me\n")
-    done = subprocess.run(
-        [str(compose_binary()), "--profile", "monitoring", "config", "--format", "json"],
-        cwd=project,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    model = json.loads(done.stdout)
+    model = monitoring_model(tmp_path, "KODIFY_METRICS_TOKEN=scrape-me\n")
     (secret,) = model["services"]["prometheus"]["secrets"]
     assert (secret["source"], secret["target"]) == ("kodify_metrics_token", "kodify-metrics-token")
     assert model["secrets"]["kodify_metrics_token"]["environment"] == "KODIFY_METRICS_TOKEN"

@@ -20,7 +20,7 @@ import yaml
 from tests.e2e.conftest import LONG_CONTEXT, SERVED_MODEL, real_vllm
 from tests.e2e.tabby_agent_driver import RecordingRelay, install_agent, lsp_complete
 from tests.e2e.test_continue import TEST_OPTIONS, run_offline
-from tests.e2e.test_tabby_agent import CHARACTER, DOCUMENT, LINE, e2e_config
+from tests.e2e.test_tabby_agent import CHARACTER, DOCUMENT, LINE, e2e_proxy
 from tests.servers import REPO, Server, kodify_proxy, upstreams_yaml
 from tests.test_clients_doc import PREFIX, SUFFIX, continue_fim, post, sse_events
 
@@ -43,11 +43,7 @@ def client_config(proxy: Server, client: str, *args: str) -> str:
 def config_proxy(tmp_path_factory: pytest.TempPathFactory, long_vllm: str) -> Iterator[Server]:
     """kodify-proxy with one shared token in front of the long-context vLLM (hermes tool parser on), Tabby
     completions greedy and 4 tokens long (tests/e2e/test_tabby_agent.py's e2e config)."""
-    tmp = tmp_path_factory.mktemp("client-config")
-    preprocessing = tmp / "e2e-qwen.json"
-    preprocessing.write_text(e2e_config().model_dump_json())
-    env = {"VLLM_API_KEY": TOKEN, "COMPLETIONS_PREPROCESSING_CONFIG": str(preprocessing)}
-    server = kodify_proxy(tmp, upstreams_yaml(long_vllm), env=env, name="client-config-proxy").start()
+    server = e2e_proxy(tmp_path_factory.mktemp("client-config"), long_vllm, TOKEN, "client-config-proxy")
     yield server
     server.stop()
 

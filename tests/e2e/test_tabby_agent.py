@@ -45,6 +45,15 @@ def e2e_config() -> PreprocessingConfig:
     return parse_config(json.dumps(data), Path("e2e-qwen.json"))
 
 
+def e2e_proxy(tmp: Path, vllm: str, token: str, name: str) -> Server:
+    """kodify-proxy (started) with one shared `token` in front of the real vLLM at `vllm`, Tabby completions made by
+    `e2e_config`."""
+    config = tmp / "e2e-qwen.json"
+    config.write_text(e2e_config().model_dump_json())
+    env = {"VLLM_API_KEY": token, "COMPLETIONS_PREPROCESSING_CONFIG": str(config)}
+    return kodify_proxy(tmp, upstreams_yaml(vllm), env=env, name=name).start()
+
+
 @pytest.fixture(scope="module")
 def agent_cli() -> Path:
     return install_agent()
@@ -53,11 +62,7 @@ def agent_cli() -> Path:
 @pytest.fixture(scope="module")
 def tabby_vllm_proxy(tmp_path_factory: pytest.TempPathFactory, vllm: str) -> Iterator[Server]:
     """kodify-proxy with one shared token (VLLM_API_KEY) and the e2e config, in front of the real vLLM."""
-    tmp = tmp_path_factory.mktemp("tabby-vllm")
-    config = tmp / "e2e-qwen.json"
-    config.write_text(e2e_config().model_dump_json())
-    env = {"VLLM_API_KEY": TOKEN, "COMPLETIONS_PREPROCESSING_CONFIG": str(config)}
-    server = kodify_proxy(tmp, upstreams_yaml(vllm), env=env, name="tabby-vllm-proxy").start()
+    server = e2e_proxy(tmp_path_factory.mktemp("tabby-vllm"), vllm, TOKEN, "tabby-vllm-proxy")
     yield server
     server.stop()
 
