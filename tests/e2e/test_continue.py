@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import SERVED_MODEL, real_vllm
+from tests.e2e.conftest import SERVED_MODEL
 from tests.journal_support import fresh_database, wait_for_rows
 from tests.servers import REPO, Server, kodify_proxy, upstreams_yaml
 from tests.test_clients_doc import client_config
@@ -37,8 +37,6 @@ from tests.test_clients_doc import client_config
 pytestmark = pytest.mark.e2e
 
 TOKEN = "sk-kodify-e2e-continue-token"
-# cn's system prompt alone is ~570 tokens of the tiny model: more than the session server's --max-model-len 512.
-CONTEXT = 2048
 CN_TIMEOUT = 180
 # Test-only additions to the documented chat entry: greedy (the random model never emits an end token then, so the
 # answer is not empty) and short.
@@ -164,13 +162,6 @@ def cn() -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"installing @continuedev/cli failed:\n{result.stderr[-3000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def long_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real vLLM server like the session's, with the tiny model's whole context (cn's prompt needs it)."""
-    with real_vllm(tmp_path_factory.mktemp("vllm-continue"), "--max-model-len", str(CONTEXT)) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
