@@ -404,6 +404,9 @@ def check_preprocessing(settings: Settings) -> list[Finding]:
 # --- TLS -------------------------------------------------------------------------------------------------------
 
 
+EXPIRY_WARNING_DAYS = 30  # a month to renew a certificate before clients refuse it
+
+
 def check_tls(settings: Settings) -> list[Finding]:
     """Whether `serve` speaks HTTPS (KODIFY_TLS_*); a bad file is already a problem of the environment."""
     cert, ca = settings.tls_cert_file, settings.tls_ca_file
@@ -417,4 +420,12 @@ def check_tls(settings: Settings) -> list[Finding]:
     if tls.problems(cert, settings.tls_key_file, ca):
         return []
     clients = f"; clients must present a certificate signed by {ca}" if ca else ""
-    return [ok(f"TLS: serve speaks HTTPS with {cert}{clients}")]
+    until, left = tls.expires(cert).strftime("%Y-%m-%d %H:%M UTC"), tls.days_left(cert)
+    renew = f"renew it and restart serve (KODIFY_TLS_CERT_FILE={cert})"
+    if left < 0:
+        return [problem(f"TLS: the certificate in {cert} expired on {until}: every client will refuse it", renew)]
+    found = ok(f"TLS: serve speaks HTTPS with {cert} (valid until {until}){clients}")
+    if left < EXPIRY_WARNING_DAYS:
+        days = f"{left:.0f} day{'s' * (round(left) != 1)}"
+        return [found, note(f"TLS: the certificate expires in {days} ({until}); {renew}")]
+    return [found]

@@ -5,7 +5,11 @@ worker), and the server options uvicorn and gunicorn are given."""
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 BOTH_OR_NEITHER = (
     "set both KODIFY_TLS_CERT_FILE and KODIFY_TLS_KEY_FILE for HTTPS, or neither for plain HTTP (behind an ingress "
@@ -87,3 +91,13 @@ def server_options(cert: str | None, key: str | None, ca: str | None) -> dict[st
         "ssl_cert_reqs": ssl.CERT_NONE if ca is None else ssl.CERT_REQUIRED,
         "ssl_version": ssl.PROTOCOL_TLS_SERVER,
     }
+
+
+def expires(cert: str) -> datetime:
+    """When the server certificate (the first of the chain in `cert`) stops being valid."""
+    return x509.load_pem_x509_certificate(Path(cert).read_bytes()).not_valid_after_utc
+
+
+def days_left(cert: str, now: datetime | None = None) -> float:
+    """Days until the certificate expires (negative once it has)."""
+    return (expires(cert) - (now or datetime.now(UTC))).total_seconds() / 86400

@@ -444,7 +444,7 @@ def test_dockerfile_contract() -> None:
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
-    assert {".env", ".git", ".venv", "config.yml", "secrets.env", ".run"} <= ignored
+    assert {".env", ".git", ".venv", "config.yml", "secrets.env", ".run", "tls", "*.key"} <= ignored
     assert "!.env.example" in ignored
 
 

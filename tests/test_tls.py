@@ -38,20 +38,23 @@ def _key() -> Key:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _issue(name: str, key: Key, issuer: tuple[x509.Certificate, Key] | None, usage: str) -> x509.Certificate:
+def _issue(
+    name: str, key: Key, issuer: tuple[x509.Certificate, Key] | None, usage: str, days: float = 1
+) -> x509.Certificate:
     """A certificate for `key`: a CA (`usage` "ca", self-signed when `issuer` is None), or a leaf for "server"
     (127.0.0.1 and localhost) or "client"; with the extensions strict verifiers (Python 3.13+) ask for."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     signer_cert, signer_key = issuer if issuer else (None, key)
     now = datetime.datetime.now(datetime.UTC)
+    after = now + datetime.timedelta(days=days)  # days < 0: expired already
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(signer_cert.subject if signer_cert else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(min(now - datetime.timedelta(minutes=5), after - datetime.timedelta(days=1)))
+        .not_valid_after(after)
         .add_extension(x509.BasicConstraints(ca=usage == "ca", path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False)
@@ -87,6 +90,7 @@ class Pki:
     """A CA, a server certificate and a client certificate it signed; a second CA nobody trusts, with its client."""
 
     ca: Path
+    ca_key: Path
     server_cert: Path
     server_key: Path
     client: tuple[Path, Path]
@@ -112,6 +116,7 @@ def _make_pki(directory: Path) -> Pki:
     other_client = _issue("mallory", other_client_key, (other_ca, other_ca_key), "client")
     return Pki(
         ca=_write_cert(directory / "ca.pem", ca),
+        ca_key=_write_key(directory / "ca.key", ca_key),
         server_cert=_write_cert(directory / "server.pem", server),
         server_key=_write_key(directory / "server.key", server_key),
         client=(_write_cert(directory / "client.pem", client), _write_key(directory / "client.key", client_key)),
@@ -215,7 +220,18 @@ def test_check_reports_tls(pki: Pki, tmp_path: Path) -> None:
         return done.stdout
 
     good = check(_tls_env(pki, KODIFY_TLS_CA_FILE=str(pki.ca)))
-    assert f"ok: TLS: serve speaks HTTPS with {pki.server_cert}; clients must present a certificate" in good
+    assert f"ok: TLS: serve speaks HTTPS with {pki.server_cert} (valid until " in good
+    assert "; clients must present a certificate signed by" in good
+    assert "note: TLS: the certificate expires in 1 day (" in good  # the test CA's certificates live one day
+    for days, expected in ((400, None), (-2, f"problem: TLS: the certificate in {tmp_path}/expired.pem expired on")):
+        ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+        cert = _issue("kodify-proxy", key, (ca_cert, ca_key), "server", days=days)  # type: ignore[arg-type]
+        path = _write_cert(tmp_path / ("expired.pem" if days < 0 else "long.pem"), cert)
+        report = check(_tls_env(pki, KODIFY_TLS_CERT_FILE=str(path)))
+        assert "note: TLS: the certificate expires" not in report
+        assert (expected or f"ok: TLS: serve speaks HTTPS with {path} (valid until") in report, report
     assert "problem: KODIFY_TLS_KEY_FILE=" in check(_tls_env(pki, KODIFY_TLS_KEY_FILE=str(pki.other_key)))
     assert "note: no TLS: serve speaks plain HTTP" in check({})
 
