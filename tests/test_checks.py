@@ -285,7 +285,8 @@ def test_guide_typo_reported_even_when_other_variables_are_invalid(tmp_path: Pat
 def test_every_variable_compose_yaml_and_env_example_name_is_known() -> None:
     from kodify_proxy.checks import known_variables
 
-    compose = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / "compose.yaml").read_text()))
+    files = [REPO / "compose.yaml", *(REPO / "deploy").glob("compose.*.yaml")]
+    compose = {name for path in files for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", path.read_text())}
     example = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", (REPO / ".env.example").read_text(), re.MULTILINE))
     assert (compose | example) - known_variables() == set()
 
