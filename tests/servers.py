@@ -93,6 +93,15 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_workers(self, count: int, timeout: float = 120.0) -> Server:
+        """Until `count` worker processes have started (the first answering /health says only that one has: the
+        others, still loading, would leave every early connection to it)."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count("Application startup complete.") < count:
+            assert time.monotonic() < deadline, f"{count} workers did not start:\n{self.log_text()[-3000:]}"
+            time.sleep(0.2)
+        return self
+
     def master_key(self) -> str:
         """The LiteLLM master key a kodify-proxy generated into its state dir."""
         return (Path(self.env["KODIFY_STATE_DIR"]) / "master_key").read_text().strip()

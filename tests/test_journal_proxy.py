@@ -275,7 +275,8 @@ def test_every_api_request_is_journaled_and_health_probes_are_not(journaled: tup
             client.post("/v1/completions", json={"model": "fake-model", "prompt": "y"}),
         ]
         responses += [client.post("/v1/embeddings", json={"model": "fake-embed", "input": "z"})]
-        assert client.post("/chat/completions", json=chat).status_code == 404  # not a route of ours: no row
+        responses += [client.post("/chat/completions", json=chat)]  # the same route without /v1: journaled too
+        assert client.post("/v2/chat/completions", json=chat).status_code == 404  # not a route of ours: no row
         for probe in ("/health", "/health/liveliness", "/health/readiness"):
             assert "x-litellm-call-id" not in client.get(probe).headers
     ids = {request_id(r) for r in responses}

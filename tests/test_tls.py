@@ -279,6 +279,7 @@ def test_both_workers_serve_https_on_every_socket(tmp_path: Path, upstream: Serv
     env = _tls_env(pki, KODIFY_WORKERS="2")
     proxy = kodify_proxy(tmp_path, upstreams_yaml(upstream.url), env=env, tls=pki.trusting()).start(timeout=180)
     try:
+        proxy.wait_workers(2)
         for _ in range(6):  # each a new connection: the kernel deals them over every listening socket
             with pytest.raises(httpx.TransportError):
                 httpx.get(f"http://127.0.0.1:{proxy.port}/health", timeout=5)

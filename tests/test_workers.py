@@ -107,7 +107,7 @@ def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: st
     }
     config = upstreams_yaml(*(u.url for u in upstreams))
     proxy = kodify_proxy(tmp, config, env={**env, "KODIFY_WORKERS": "2"}, name=name)
-    return Pool(proxy.start(timeout=180), upstreams, env, db)
+    return Pool(proxy.start(timeout=180).wait_workers(2), upstreams, env, db)
 
 
 @pytest.fixture(scope="module")
