@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,11 +275,20 @@ def probe_tool_use(client: httpx.Client, model: str, token_env: str) -> bool:
     return True
 
 
-def load_client_models(url: str, token: str | None, token_env: str, timeout: float = 60.0) -> ClientModels:
-    """Ask kodify-proxy at `url` what it serves and whether its chat model takes tools."""
+def load_client_models(
+    url: str, token: str | None, token_env: str, cacert: str | None = None, timeout: float = 60.0
+) -> ClientModels:
+    """Ask kodify-proxy at `url` what it serves and whether its chat model takes tools (over HTTPS, verified against
+    the system's CAs, or `cacert`'s)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientConfigError(
+            f"--cacert {cacert}: {exc.strerror or exc}; give a PEM file of CA certificates"
+        ) from None
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify) as client:
             models = choose_models(fetch_served_models(client, token_env))
             tool_use = probe_tool_use(client, models.chat.name, token_env)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -301,7 +311,7 @@ def cmd_client_config(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     try:
         token = client_token(args.client, args.token_env, args.with_token, dict(os.environ))
-        models = load_client_models(url, os.environ.get(args.token_env), args.token_env)
+        models = load_client_models(url, os.environ.get(args.token_env), args.token_env, args.cacert)
     except ClientConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -323,6 +333,9 @@ def add_client_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--url", default=DEFAULT_URL, help="the running kodify-proxy (default: %(default)s)")
     parser.add_argument(
         "--client-url", default=None, help="the address the IDEs reach kodify-proxy at, for the config (default: --url)"
+    )
+    parser.add_argument(
+        "--cacert", default=None, help="PEM CA certificates to verify an HTTPS --url with (KODIFY_TLS_*), as curl's"
     )
     parser.add_argument(
         "--token-env",

@@ -255,6 +255,21 @@ def test_a_client_that_does_not_trust_the_ca_fails_verification(https_proxy: Ser
         httpx.get(https_proxy.url + "/health")  # the system's CAs
 
 
+def test_client_config_asks_an_https_proxy_verifying_its_ca(https_proxy: Server, pki: Pki) -> None:
+    def client_config(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "kodify_proxy.cli", "client-config", "tabby", "--url", https_proxy.url]
+        return subprocess.run([*command, *extra], capture_output=True, text=True, timeout=60)
+
+    done = client_config("--cacert", str(pki.ca))
+    assert done.returncode == 0, done.stderr
+    assert f'endpoint = "{https_proxy.url}"' in done.stdout
+    refused = client_config()  # the system's CAs do not know the test CA
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    assert refused.stderr.startswith("error: cannot reach kodify-proxy at https://")
+    missing = client_config("--cacert", "/nonexistent/ca.pem")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: --cacert /nonexistent/ca.pem: No such file")
+
+
 def test_plain_http_to_the_tls_port_fails(https_proxy: Server) -> None:
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{https_proxy.port}/health", timeout=5)
