@@ -36,6 +36,20 @@ def _env(name: str, accepts: str, default: Any = None, **kw: Any) -> Any:
     return Field(default, validation_alias=name, description=accepts, **kw)
 
 
+# What each KODIFY_LIMIT_<KIND>_<LIMIT> counts, per user (docs/limits.md)
+_LIMIT_COUNTS = {
+    "RPM": "{kind} requests per minute per user",
+    "CONCURRENCY": "{kind} requests in flight per user",
+    "TOKENS_PER_DAY": "{kind} tokens (prompt + completion) per user per UTC day",
+}
+
+
+def _limit(kind: str, limit: str) -> Any:
+    """The field of KODIFY_LIMIT_<kind>_<limit>: a whole number >= 1, empty for unlimited."""
+    counts = _LIMIT_COUNTS[limit].format(kind=kind.lower())
+    return _env(f"KODIFY_LIMIT_{kind}_{limit}", f"a whole number >= 1 of {counts}; empty: unlimited", ge=1)
+
+
 class Settings(BaseSettings):
     """Everything kodify-proxy reads from its environment; the guide's names and defaults, plus KODIFY_*."""
 
@@ -133,49 +147,15 @@ class Settings(BaseSettings):
         "KODIFY_TLS_CA_FILE", "a path to PEM CA certificates: clients must present a certificate one of them signed"
     )
     # Fair share (docs/limits.md): per-user limits for each kind of work, and where they are counted
-    limit_completions_rpm: OptInt = _env(
-        "KODIFY_LIMIT_COMPLETIONS_RPM",
-        "a whole number >= 1 of completions requests per minute per user; empty: unlimited",
-        ge=1,
-    )
-    limit_completions_concurrency: OptInt = _env(
-        "KODIFY_LIMIT_COMPLETIONS_CONCURRENCY",
-        "a whole number >= 1 of completions requests in flight per user; empty: unlimited",
-        ge=1,
-    )
-    limit_completions_tokens_per_day: OptInt = _env(
-        "KODIFY_LIMIT_COMPLETIONS_TOKENS_PER_DAY",
-        "a whole number >= 1 of completions tokens (prompt + completion) per user per UTC day; empty: unlimited",
-        ge=1,
-    )
-    limit_chat_rpm: OptInt = _env(
-        "KODIFY_LIMIT_CHAT_RPM", "a whole number >= 1 of chat requests per minute per user; empty: unlimited", ge=1
-    )
-    limit_chat_concurrency: OptInt = _env(
-        "KODIFY_LIMIT_CHAT_CONCURRENCY",
-        "a whole number >= 1 of chat requests in flight per user; empty: unlimited",
-        ge=1,
-    )
-    limit_chat_tokens_per_day: OptInt = _env(
-        "KODIFY_LIMIT_CHAT_TOKENS_PER_DAY",
-        "a whole number >= 1 of chat tokens (prompt + completion) per user per UTC day; empty: unlimited",
-        ge=1,
-    )
-    limit_embeddings_rpm: OptInt = _env(
-        "KODIFY_LIMIT_EMBEDDINGS_RPM",
-        "a whole number >= 1 of embeddings requests per minute per user; empty: unlimited",
-        ge=1,
-    )
-    limit_embeddings_concurrency: OptInt = _env(
-        "KODIFY_LIMIT_EMBEDDINGS_CONCURRENCY",
-        "a whole number >= 1 of embeddings requests in flight per user; empty: unlimited",
-        ge=1,
-    )
-    limit_embeddings_tokens_per_day: OptInt = _env(
-        "KODIFY_LIMIT_EMBEDDINGS_TOKENS_PER_DAY",
-        "a whole number >= 1 of embeddings tokens (prompt + completion) per user per UTC day; empty: unlimited",
-        ge=1,
-    )
+    limit_completions_rpm: OptInt = _limit("COMPLETIONS", "RPM")
+    limit_completions_concurrency: OptInt = _limit("COMPLETIONS", "CONCURRENCY")
+    limit_completions_tokens_per_day: OptInt = _limit("COMPLETIONS", "TOKENS_PER_DAY")
+    limit_chat_rpm: OptInt = _limit("CHAT", "RPM")
+    limit_chat_concurrency: OptInt = _limit("CHAT", "CONCURRENCY")
+    limit_chat_tokens_per_day: OptInt = _limit("CHAT", "TOKENS_PER_DAY")
+    limit_embeddings_rpm: OptInt = _limit("EMBEDDINGS", "RPM")
+    limit_embeddings_concurrency: OptInt = _limit("EMBEDDINGS", "CONCURRENCY")
+    limit_embeddings_tokens_per_day: OptInt = _limit("EMBEDDINGS", "TOKENS_PER_DAY")
     redis_url: OptSecret = _env("REDIS_URL", "a Redis URL, e.g. redis://redis:6379/0 (limits shared by every process)")
     # Per-user token auth (auth issue, docs/auth.md): the token cache and the user database
     auth_cache_ttl: float = _env(
