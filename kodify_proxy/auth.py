@@ -47,6 +47,11 @@ def select_mode(settings: Settings) -> AuthMode:
     return "shared" if settings.vllm_api_key is not None else "dummy"
 
 
+def metrics_guarded(settings: Settings) -> bool:
+    """Whether GET /metrics needs its credential: wherever a client needs a token, and with KODIFY_METRICS_AUTH."""
+    return select_mode(settings) != "dummy" or settings.metrics_auth
+
+
 class TokenRejected(Exception):
     """The token is unknown, revoked or expired."""
 
@@ -298,8 +303,7 @@ class Authenticator:
         self._shared = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key is not None else None
         self._master = master_key.encode()
         self._metrics = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
-        # GET /metrics is open only where every route is (dummy auth), unless KODIFY_METRICS_AUTH closes it too.
-        self.metrics_open = self.mode == "dummy" and not settings.metrics_auth
+        self.metrics_open = not metrics_guarded(settings)
         self.verifier = verifier
         if self.mode == "db" and verifier is None:
             raise ValueError("per-user auth needs a TokenVerifier")

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import URL
 
 from kodify_proxy import tls
+from kodify_proxy.auth import metrics_guarded, select_mode
 from kodify_proxy.database import DatabaseUrlError, connect_error, parse_url, render_url, sqlite_file
 from kodify_proxy.env_file import read_env_file
 from kodify_proxy.env_types import TRUE_WORDS, resolve_workers
@@ -177,9 +179,10 @@ def salvage_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def _environment_notes(settings: Settings) -> list[Finding]:
-    if settings.mtsai_auth:
+    mode = select_mode(settings)
+    if mode == "db":
         notes = [ok(f"authorization: a token per user, from {settings.users_table} (MTSAI_AUTH, AUTH_TYPE=DB)")]
-    elif settings.vllm_api_key is not None:
+    elif mode == "shared":
         notes = [ok("authorization: one shared token (VLLM_API_KEY)")]
     else:
         notes = [note("dummy authorization: every request is accepted (set VLLM_API_KEY for one shared token)")]
@@ -200,6 +203,11 @@ PROFILES_FIX = (
 )
 
 
+def _profiles(environ: Mapping[str, str]) -> set[str]:
+    """The profiles COMPOSE_PROFILES names (comma-separated, as Compose reads it)."""
+    return {profile.strip() for profile in environ.get("COMPOSE_PROFILES", "").split(",")} - {""}
+
+
 def check_compose_database(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
     """Under compose (COMPOSE_PROFILES in the ENV): PostgreSQL starts when AUTH_TYPE=DB or LOGS need it, and then
     has a password."""
@@ -207,7 +215,7 @@ def check_compose_database(settings: Settings, environ: Mapping[str, str]) -> li
     if profiles is None:
         return []
     needs = [name for name, on in (("AUTH_TYPE=DB", settings.auth_type == "DB"), ("LOGS", settings.logs)) if on]
-    starts = bool(DATABASE_PROFILES & {profile.strip() for profile in profiles.split(",")})
+    starts = bool(DATABASE_PROFILES & _profiles(environ))
     if needs and not starts:
         need = " and ".join(needs)
         return [
@@ -227,11 +235,10 @@ def check_compose_database(settings: Settings, environ: Mapping[str, str]) -> li
 
 def check_metrics(settings: Settings, environ: Mapping[str, str]) -> list[Finding]:
     """Whenever a client token is needed, GET /metrics needs Prometheus' own token (or the master key)."""
-    guarded = settings.mtsai_auth or settings.vllm_api_key is not None or settings.metrics_auth
+    guarded = metrics_guarded(settings)
     if not guarded or settings.metrics_token is not None:
         return [ok("GET /metrics: Prometheus sends KODIFY_METRICS_TOKEN")] if guarded else []
-    profiles = {profile.strip() for profile in environ.get("COMPOSE_PROFILES", "").split(",")}
-    scraping = "compose's Prometheus (profile monitoring) can't scrape it" if "monitoring" in profiles else ""
+    scraping = "compose's Prometheus (profile monitoring) can't scrape it" if "monitoring" in _profiles(environ) else ""
     fix = "set KODIFY_METRICS_TOKEN (`openssl rand -hex 32`) and give Prometheus the same value (docs/deployment.md)"
     if scraping:
         return [problem(f"GET /metrics needs KODIFY_METRICS_TOKEN or the master key, so {scraping}", fix)]
@@ -421,7 +428,8 @@ def check_tls(settings: Settings) -> list[Finding]:
     if tls.problems(cert, settings.tls_key_file, ca):
         return []
     clients = f"; clients must present a certificate signed by {ca}" if ca else ""
-    until, left = tls.expires(cert).strftime("%Y-%m-%d %H:%M UTC"), tls.days_left(cert)
+    expires = tls.expires(cert)
+    until, left = expires.strftime("%Y-%m-%d %H:%M UTC"), (expires - datetime.now(UTC)).total_seconds() / 86400
     renew = f"renew it and restart serve (KODIFY_TLS_CERT_FILE={cert})"
     if left < 0:
         return [problem(f"TLS: the certificate in {cert} expired on {until}: every client will refuse it", renew)]

@@ -5,7 +5,7 @@ worker), and the server options uvicorn and gunicorn are given."""
 from __future__ import annotations
 
 import ssl
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,3 @@ def server_options(cert: str | None, key: str | None, ca: str | None) -> dict[st
 def expires(cert: str) -> datetime:
     """When the server certificate (the first of the chain in `cert`) stops being valid."""
     return x509.load_pem_x509_certificate(Path(cert).read_bytes()).not_valid_after_utc
-
-
-def days_left(cert: str, now: datetime | None = None) -> float:
-    """Days until the certificate expires (negative once it has)."""
-    return (expires(cert) - (now or datetime.now(UTC))).total_seconds() / 86400
