@@ -19,6 +19,13 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`kodify-proxy ARGS` as a subprocess from the repository root, its output captured; `env` is its whole
+    environment (None: this process's)."""
+    command = [sys.executable, "-m", "kodify_proxy.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from importlib import metadata
 
-from tests.servers import REPO
+from tests.servers import run_cli
 
 
 def kodify(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "kodify_proxy.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    return run_cli(*args, timeout=60)
 
 
 def test_version_names_the_package_and_litellm() -> None:

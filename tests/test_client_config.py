@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 
@@ -30,18 +28,13 @@ from kodify_proxy.client_config import (
     render_toml,
     tabby_prompt_lines,
 )
-from tests.servers import REPO, Server, free_port, kodify_proxy, upstreams_yaml
+from tests.servers import Server, free_port, kodify_proxy, run_cli, upstreams_yaml
 
 QWEN = ServedModel("Qwen2.5-Coder-7B-Instruct", 32768)
 EMBED = ServedModel("bge-m3-embed", 8192)
 TINY = ServedModel("tiny", 512)
 ENDPOINT = Endpoint("http://kodify:8000", "${{ secrets.KODIFY_TOKEN }}")
 TOKEN = "sk-kodify-client-config-token"
-
-
-def kodify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "kodify_proxy.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
 
 
 # --- choosing the models -----------------------------------------------------------------------------------------
@@ -222,7 +215,7 @@ def _env(**values: str) -> dict[str, str]:
 
 
 def test_client_config_prints_the_served_models(token_proxy: Server) -> None:
-    done = kodify("client-config", "continue", "--url", token_proxy.url, env=_env(KODIFY_TOKEN=TOKEN))
+    done = run_cli("client-config", "continue", "--url", token_proxy.url, env=_env(KODIFY_TOKEN=TOKEN))
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     chat, auto, embed = config["models"]
@@ -235,13 +228,13 @@ def test_client_config_prints_the_served_models(token_proxy: Server) -> None:
 
 def test_client_config_with_token_and_client_url(token_proxy: Server) -> None:
     args = ["client-config", "tabby", "--url", token_proxy.url + "/", "--client-url", "https://kodify.example.com"]
-    done = kodify(*args, "--token-env", "MY_TOKEN", "--with-token", env=_env(MY_TOKEN=TOKEN))
+    done = run_cli(*args, "--token-env", "MY_TOKEN", "--with-token", env=_env(MY_TOKEN=TOKEN))
     assert done.returncode == 0, done.stderr
     assert tomllib.loads(done.stdout)["server"] == {"endpoint": "https://kodify.example.com", "token": TOKEN}
 
 
 def test_a_refused_token_is_one_line_and_exit_1(token_proxy: Server) -> None:
-    done = kodify("client-config", "kodify", "--url", token_proxy.url, env=_env(KODIFY_TOKEN="sk-wrong"))
+    done = run_cli("client-config", "kodify", "--url", token_proxy.url, env=_env(KODIFY_TOKEN="sk-wrong"))
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
         f"error: kodify-proxy at {token_proxy.url} refused the token (401) for GET /v1/models: "
@@ -251,12 +244,12 @@ def test_a_refused_token_is_one_line_and_exit_1(token_proxy: Server) -> None:
 
 def test_an_unreachable_proxy_is_one_line_and_exit_1() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    done = kodify("client-config", "continue", "--url", url, env=_env())
+    done = run_cli("client-config", "continue", "--url", url, env=_env())
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.startswith(f"error: cannot reach kodify-proxy at {url} (ConnectError: ")
     assert done.stderr.endswith("); is it running? pass --url\n") and done.stderr.count("\n") == 1
 
 
 def test_a_bad_token_env_name_is_refused_by_the_parser() -> None:
-    done = kodify("client-config", "continue", "--token-env", "not a name")
+    done = run_cli("client-config", "continue", "--token-env", "not a name")
     assert done.returncode == 2 and "is not an environment variable name" in done.stderr

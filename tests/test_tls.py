@@ -9,7 +9,6 @@ import ipaddress
 import os
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kodify_proxy.settings import SettingsError, load_settings
-from tests.servers import Server, kodify_proxy, upstreams_yaml
+from tests.servers import Server, kodify_proxy, run_cli, upstreams_yaml
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "over TLS"}]}
 Key = ec.EllipticCurvePrivateKey
@@ -194,13 +193,7 @@ def test_bad_files_are_named_with_their_fix(pki: Pki, tmp_path: Path) -> None:
 
 def test_serve_refuses_a_key_that_is_not_the_certificates(pki: Pki, tmp_path: Path) -> None:
     env = {**os.environ, **_tls_env(pki, KODIFY_TLS_KEY_FILE=str(pki.other_key)), "KODIFY_STATE_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "kodify_proxy.cli", "serve", "--config", str(tmp_path / "config.yml")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("serve", "--config", str(tmp_path / "config.yml"), env=env, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: KODIFY_TLS_KEY_FILE={str(pki.other_key)!r} is not the private key of")
     assert "Traceback" not in done.stderr
@@ -210,14 +203,7 @@ def test_check_reports_tls(pki: Pki, tmp_path: Path) -> None:
     def check(tls: dict[str, str]) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KODIFY_TLS_")}
         env.update(tls, KODIFY_STATE_DIR=str(tmp_path))
-        done = subprocess.run(
-            [sys.executable, "-m", "kodify_proxy.cli", "check", "--config", str(tmp_path / "config.yml")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return done.stdout
+        return run_cli("check", "--config", str(tmp_path / "config.yml"), env=env, timeout=60).stdout
 
     good = check(_tls_env(pki, KODIFY_TLS_CA_FILE=str(pki.ca)))
     assert f"ok: TLS: serve speaks HTTPS with {pki.server_cert} (valid until " in good
@@ -257,8 +243,7 @@ def test_a_client_that_does_not_trust_the_ca_fails_verification(https_proxy: Ser
 
 def test_client_config_asks_an_https_proxy_verifying_its_ca(https_proxy: Server, pki: Pki) -> None:
     def client_config(*extra: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "kodify_proxy.cli", "client-config", "tabby", "--url", https_proxy.url]
-        return subprocess.run([*command, *extra], capture_output=True, text=True, timeout=60)
+        return run_cli("client-config", "tabby", "--url", https_proxy.url, *extra, timeout=60)
 
     done = client_config("--cacert", str(pki.ca))
     assert done.returncode == 0, done.stderr
