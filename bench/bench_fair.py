@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import re
 import statistics
 import tempfile
@@ -31,7 +30,7 @@ import aiohttp
 import httpx
 
 from bench.bench_lane import stop_vllm
-from bench.bench_proxy import percentile
+from bench.bench_proxy import percentile, report
 from bench.bench_tabby import PREFIX, SUFFIX, start_vllm
 from kodify_proxy.limits import Limiter, Limits, RedisCounts
 from tests.servers import kodify_proxy, upstreams_yaml
@@ -174,10 +173,7 @@ def main() -> None:
                 server.stop()
             if args.vllm is None:
                 stop_vllm(tmp / "vllm")
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

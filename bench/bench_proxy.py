@@ -109,6 +109,14 @@ async def run_round(
     return latencies, time.perf_counter() - started
 
 
+def report(results: Any, out: Path | None) -> None:
+    """Print the results as JSON, and write them to `out` (--out) when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) of `values`."""
     ordered = sorted(values)

@@ -15,7 +15,6 @@ by; and each process's RSS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 
 from bench.bench_lane import Target, wrk
+from bench.bench_proxy import report
 from tests.servers import Server, free_port, kodify_proxy, upstreams_yaml
 
 SCENARIOS: dict[str, tuple[str, dict[str, Any], int]] = {  # path, body, stream events per answer
@@ -135,10 +135,7 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
             upstream.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":
