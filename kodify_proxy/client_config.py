@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import yaml
 
+from kodify_proxy.errors import read_error_body
+
 EXIT_FAILED = 1
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TOKEN_ENV = "KODIFY_TOKEN"
@@ -236,10 +238,8 @@ def client_token(client: str, token_env: str, with_token: bool, environ: dict[st
 
 
 def _error_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:300] or response.reason_phrase
+    """The error's message, read by the project's one error-body parser; else the body's start, else the reason."""
+    return read_error_body(response.content).message or response.text[:300] or response.reason_phrase
 
 
 def _check(response: httpx.Response, what: str, token_env: str) -> None:
