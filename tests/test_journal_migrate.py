@@ -56,7 +56,12 @@ EVENT_COLUMNS = [  # added by 0002
     ("elapsed_ms", "integer", None, "YES"),
 ]
 TEXT_REPLACED_COLUMN = ("text_replaced", "boolean", None, "NO")  # added by 0003
-HEAD_COLUMNS = [*EXPECTED_COLUMNS, *EVENT_COLUMNS, TEXT_REPLACED_COLUMN]
+NULLABLE_STATUS = ("status", "integer", None, "YES")  # 0004: a worker died before the response started
+HEAD_COLUMNS = [
+    *(NULLABLE_STATUS if column[0] == "status" else column for column in EXPECTED_COLUMNS),
+    *EVENT_COLUMNS,
+    TEXT_REPLACED_COLUMN,
+]
 _INDEX = "INDEX {} ON public.kodify_journal USING btree ({})"
 EXPECTED_INDEXES = {
     "kodify_journal_pkey": "CREATE UNIQUE " + _INDEX.format("kodify_journal_pkey", "request_id"),
@@ -109,25 +114,25 @@ def columns(url: str) -> list[tuple[object, ...]]:
 def test_upgrade_and_downgrade_from_an_empty_postgresql(empty_db: str) -> None:
     url = parse_url(empty_db)
     assert current_revision(url) is None
-    assert upgrade(url) == head_revision() == "0003"
+    assert upgrade(url) == head_revision() == "0004"
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_journal", "kodify_alembic_version"}
     assert columns(empty_db) == HEAD_COLUMNS
     assert {
         row[0]: row[1]
         for row in query(empty_db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kodify_journal'")
     } == HEAD_INDEXES
-    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0003",)]
-    assert upgrade(url) == "0003"  # a second upgrade is a no-op
+    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0004",)]
+    assert upgrade(url) == "0004"  # a second upgrade is a no-op
 
     assert downgrade(url) is None
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_alembic_version"}
     assert query(empty_db, "SELECT count(*) FROM kodify_alembic_version") == [(0,)]
     assert query(empty_db, f"SELECT request_id FROM {LITELLM_TABLE}") == [("keep-me",)]
-    assert upgrade(url) == "0003"  # and back up again
+    assert upgrade(url) == "0004"  # and back up again
     assert columns(empty_db) == HEAD_COLUMNS
 
 
-def test_0002_and_0003_from_the_previous_head_keep_the_rows(empty_db: str) -> None:
+def test_0002_to_0004_from_the_first_head_keep_the_rows(empty_db: str) -> None:
     url = parse_url(empty_db)
     assert upgrade(url, "0001") == "0001"
     assert columns(empty_db) == EXPECTED_COLUMNS
@@ -140,13 +145,25 @@ def test_0002_and_0003_from_the_previous_head_keep_the_rows(empty_db: str) -> No
     with engine.begin() as connection:
         connection.execute(sa.text(insert))
     engine.dispose()
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     assert columns(empty_db) == HEAD_COLUMNS
     names = ", ".join(name for name, *_ in [*EVENT_COLUMNS, TEXT_REPLACED_COLUMN])
     assert query(empty_db, f"SELECT request_id, {names} FROM kodify_journal") == [("old-row", *[None] * 7, False)]
+    engine = sa.create_engine(empty_db)
+    with engine.begin() as connection:
+        connection.execute(sa.text(insert.replace("'old-row'", "'no-status'").replace(", 200,", ", NULL,")))
+    engine.dispose()
+    assert downgrade(url, "0003") == "0003"  # NOT NULL again: a row without a status gets 0
+    assert query(empty_db, "SELECT request_id, status FROM kodify_journal ORDER BY 1") == [
+        ("no-status", 0),
+        ("old-row", 200),
+    ]
     assert downgrade(url, "0001") == "0001"
     assert columns(empty_db) == EXPECTED_COLUMNS
-    assert query(empty_db, "SELECT request_id, latency_ms FROM kodify_journal") == [("old-row", 1.5)]
+    assert query(empty_db, "SELECT request_id, latency_ms FROM kodify_journal ORDER BY 1") == [
+        ("no-status", 1.5),
+        ("old-row", 1.5),
+    ]
 
 
 def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
@@ -162,7 +179,7 @@ def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
 
 def test_upgrade_and_downgrade_sqlite(tmp_path: Path) -> None:
     url = parse_url(f"sqlite:///{tmp_path / 'deep' / 'journal.db'}")
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     engine = sa.create_engine(url)
     with engine.connect() as connection:
         names = [r[1] for r in connection.execute(sa.text("PRAGMA table_info(kodify_journal)"))]
@@ -214,7 +231,7 @@ def test_kodify_proxy_migrate(empty_db: str, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "kodify_proxy.cli", "migrate"]
     done = run(cli, {"KODIFY_JOURNAL_URL": empty_db}, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"journal schema is at revision 0003 in {sa.make_url(empty_db)}"
+    assert done.stdout.strip() == f"journal schema is at revision 0004 in {sa.make_url(empty_db)}"
     assert columns(empty_db) == HEAD_COLUMNS
 
 

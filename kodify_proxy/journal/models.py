@@ -21,7 +21,7 @@ journal = Table(
     Column("route", String(512), nullable=False),
     Column("model", String(255)),
     Column("upstream", String(512)),
-    Column("status", Integer, nullable=False),
+    Column("status", Integer),  # NULL: no response had started (migration 0004; a worker died mid-request)
     Column("error_type", String(128)),
     Column("error_message", Text),
     Column("stream", Boolean, nullable=False),

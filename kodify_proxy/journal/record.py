@@ -66,7 +66,7 @@ class JournalRow(BaseModel):
     route: str
     model: str | None = None
     upstream: str | None = None
-    status: int
+    status: int | None  # None: the client got no status (a worker died before the response started)
     error_type: str | None = None
     error_message: str | None = None
     stream: bool = False
