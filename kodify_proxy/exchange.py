@@ -28,6 +28,7 @@ class Exchange:
     t0: float  # perf_counter at arrival
     capture_bytes: int = 0  # how much of the response body to keep (the journal's policy; 0 without a journal)
     recorded: bool = True  # False for /health and /metrics: no record, no request id
+    slot: int = -1  # its record in the journal's in-flight table (journal/inflight.py), -1 for none
     request_body: bytes = b""
     user_id: str | None = None
     key_alias: str | None = None

@@ -106,8 +106,12 @@ class Gateway:
             return False
 
     async def _route(self, route: surface.Route, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = self.rt.recorder.begin(route.label, scope, tracked=route.journaled)
-        receive, send = observed_receive(exchange, receive), observed_send(exchange, send)
+        recorder = self.rt.recorder
+        exchange = recorder.begin(route.label, scope, tracked=route.journaled)
+        receive, send = (
+            observed_receive(exchange, receive),
+            observed_send(exchange, send, responding=recorder.responding),
+        )
         headers = [(REQUEST_ID_HEADER, exchange.request_id.encode())] if route.journaled else []
         try:
             identity = await self._identity(route, scope)
@@ -116,6 +120,7 @@ class Gateway:
             call = Call(route, scope, receive, send, identity, exchange)
             if route.json_body and not await self._read_json(call):
                 return
+            recorder.identified(exchange)
             await HANDLERS[route.kind](self.rt, call)
         except ClientLeft:
             exchange.disconnected = True
@@ -130,7 +135,7 @@ class Gateway:
                 exchange.took_error(bug.error_type, bug.message)
                 await send_error(send, bug, headers)
         finally:
-            self.rt.recorder.end(exchange)
+            recorder.end(exchange)
 
     async def _admit(self, route: surface.Route, scope: Scope, identity: Identity, exchange: Exchange) -> None:
         """The caller's limits for this kind of work (KODIFY_LIMIT_*): counted in, or a 429 before anything else

@@ -97,7 +97,12 @@ class Metrics:
         self.journal_written = Counter(
             "kodify_journal_rows_written", "Journal rows stored in the database", registry=own
         )
-        self._written = 0
+        self.journal_unrecorded = Counter(
+            "kodify_journal_unrecorded_in_flight",
+            "Requests begun while the journal's in-flight table was full: had their worker died, their rows were lost",
+            registry=own,
+        )
+        self._counted: dict[str, int] = {}
         self._in_flight: dict[str, Gauge] = {}
         self.rate_limited = Counter(
             "kodify_rate_limited",
@@ -122,10 +127,15 @@ class Metrics:
         """The journal writer's state (`JournalWriter.status()`): kept current every second and at each scrape."""
         self.journal_queue.set(status.get("buffered_rows", 0))
         self.journal_spool.set(status.get("spooled_bytes", 0))
-        stored = int(status.get("stored_rows", 0))
-        if stored > self._written:
-            self.journal_written.inc(stored - self._written)
-            self._written = stored
+        self._count_up(self.journal_written, "stored_rows", status)
+        self._count_up(self.journal_unrecorded, "unrecorded_in_flight", status)
+
+    def _count_up(self, counter: Counter, key: str, status: dict[str, Any]) -> None:
+        """A counter follows a running total the journal keeps."""
+        total, counted = int(status.get(key, 0)), self._counted.get(key, 0)
+        if total > counted:
+            counter.inc(total - counted)
+            self._counted[key] = total
 
     def watch(self, collector: Collector) -> None:
         """Add gauges read at scrape time (once the monitor exists)."""

@@ -32,6 +32,19 @@ class Timer(Protocol):
 Later = Callable[[float, Callable[[], None]], Timer]
 
 
+class Ledger(Protocol):
+    """Where a request leaves a record while it runs (the journal's in-flight table, `journal/inflight.py`), so that
+    its row is written even if this process dies before the request ends."""
+
+    def begin(self, exchange: Exchange) -> int: ...
+
+    def identify(self, exchange: Exchange) -> None: ...
+
+    def respond(self, exchange: Exchange) -> None: ...
+
+    def end(self, exchange: Exchange, latency_ms: float) -> None: ...
+
+
 def call_later(delay: float, callback: Callable[[], None]) -> Timer:
     """`callback` after `delay` seconds on the running event loop."""
     return asyncio.get_running_loop().call_later(delay, callback)
@@ -47,8 +60,10 @@ class RequestRecorder:
         settle_seconds: float = SETTLE_SECONDS,
         clock: Callable[[], float] = time.perf_counter,
         later: Later = call_later,
+        ledger: Ledger | None = None,
     ) -> None:
         self.sinks = list(sinks)
+        self.ledger = ledger
         self.capture_bytes = capture_bytes
         self._settle = settle_seconds
         self._clock = clock
@@ -70,7 +85,19 @@ class RequestRecorder:
         )
         if tracked:
             self._open[exchange.request_id] = exchange
+            if self.ledger is not None:
+                exchange.slot = self.ledger.begin(exchange)
         return exchange
+
+    def identified(self, exchange: Exchange) -> None:
+        """Who asked and for which model are known (the in-flight record notes them)."""
+        if self.ledger is not None and exchange.slot >= 0:
+            self.ledger.identify(exchange)
+
+    def responding(self, exchange: Exchange) -> None:
+        """The response has started (the in-flight record notes its status)."""
+        if self.ledger is not None and exchange.slot >= 0:
+            self.ledger.respond(exchange)
 
     def find(self, request_id: object) -> Exchange | None:
         """The open exchange with this request id (LiteLLM's litellm_call_id), if any."""
@@ -82,6 +109,8 @@ class RequestRecorder:
             return
         if exchange.ended_at is None:
             exchange.ended_at = self._clock()
+        if self.ledger is not None and exchange.slot >= 0:
+            self.ledger.end(exchange, (exchange.ended_at - exchange.t0) * 1000.0)
         if exchange.ready():
             self._emit(exchange)
             return
@@ -130,13 +159,21 @@ def observed_receive(exchange: Exchange, receive: Receive) -> Receive:
     return receive_observed
 
 
-def observed_send(exchange: Exchange, send: Send, clock: Callable[[], float] = time.perf_counter) -> Send:
-    """`send` that records status, bytes, first byte and end of the response as the client gets them."""
+def observed_send(
+    exchange: Exchange,
+    send: Send,
+    clock: Callable[[], float] = time.perf_counter,
+    responding: Callable[[Exchange], None] | None = None,
+) -> Send:
+    """`send` that records status, bytes, first byte and end of the response as the client gets them (and tells
+    `responding` when the response starts)."""
 
     async def send_observed(message: Message) -> None:
         if message["type"] == "http.response.start":
             exchange.status = int(message["status"])
             exchange.content_type = _content_type(message)
+            if responding is not None:
+                responding(exchange)
         elif message["type"] == "http.response.body":
             _note_body(exchange, message, clock)
         try:

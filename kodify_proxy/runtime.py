@@ -119,7 +119,11 @@ def build_runtime(
     metrics = Metrics(monitor.served_models, os.environ.get(MULTIPROCESS_DIR_ENV))
     limiter = build_limiter(settings, metrics.limiter_errors.inc)
     sinks = [metrics.observe, limiter.settle] + ([journal.record] if journal is not None else [])
-    recorder = RequestRecorder(sinks, capture_bytes=journal.policy.response_capture() if journal is not None else 0)
+    recorder = RequestRecorder(
+        sinks,
+        capture_bytes=journal.policy.response_capture() if journal is not None else 0,
+        ledger=journal.inflight if journal is not None else None,
+    )
     pool = UpstreamPool(config.upstreams)
     runtime = Runtime(
         settings=settings,

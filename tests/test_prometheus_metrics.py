@@ -33,6 +33,7 @@ FAMILIES = {
     "kodify_journal_queue_rows",
     "kodify_journal_spool_bytes",
     "kodify_journal_rows_written",
+    "kodify_journal_unrecorded_in_flight",
 }
 
 
@@ -80,6 +81,7 @@ def test_buckets_suit_autocompletion_and_chat() -> None:
         ("kodify_journal_queue_rows", ()): 0.0,  # the journal's own families, without labels, are always there
         ("kodify_journal_spool_bytes", ()): 0.0,
         ("kodify_journal_rows_written_total", ()): 0.0,
+        ("kodify_journal_unrecorded_in_flight_total", ()): 0.0,
         ("kodify_rate_limiter_errors_total", ()): 0.0,
     }  # nothing observed: no request samples
     metrics = Metrics(lambda: {"m"})

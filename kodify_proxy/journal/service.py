@@ -11,6 +11,7 @@ from kodify_proxy.database import DatabaseUrlError, render_url
 from kodify_proxy.errors import StartupError
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.database import journal_engine, journal_url, spool_dir
+from kodify_proxy.journal.inflight import InflightTable, open_table, recover_orphans
 from kodify_proxy.journal.migrate import MigrationError, upgrade
 from kodify_proxy.journal.record import BodyPolicy, build_row
 from kodify_proxy.journal.spool import Spool, SpoolLocked, adopt_orphans
@@ -21,10 +22,12 @@ log = logging.getLogger("kodify_proxy.journal")
 
 
 class Journal:
-    """What `Runtime.journal` holds when LOGS is on: the row builder in front of the background writer."""
+    """What `Runtime.journal` holds when LOGS is on: the row builder in front of the background writer, and the
+    in-flight table requests leave their records in while they run."""
 
-    def __init__(self, writer: JournalWriter, url: URL, policy: BodyPolicy) -> None:
+    def __init__(self, writer: JournalWriter, url: URL, policy: BodyPolicy, inflight: InflightTable) -> None:
         self.writer = writer
+        self.inflight = inflight
         self.url = url
         self.policy = policy
         self._closed = False
@@ -45,6 +48,7 @@ class Journal:
                 return
             self._closed = True
         self.writer.close()
+        self.inflight.close()
         status = self.writer.status()
         log.info(
             "Journal flushed: %d rows stored this run, %d bytes left in the spool",
@@ -54,7 +58,8 @@ class Journal:
 
 
 def build_journal(settings: Settings, url: URL, worker: int = 0) -> Journal:
-    """The journal for `url` with the KODIFY_JOURNAL_* settings, spooling in `worker`'s directory (not started)."""
+    """The journal for `url` with the KODIFY_JOURNAL_* settings, spooling in `worker`'s directory (not started);
+    what a dead predecessor left in the directory's in-flight table is spooled first."""
     policy = BodyPolicy(keep=settings.journal_bodies, max_bytes=settings.journal_body_max_bytes)
     store = JournalStore(journal_engine(url, settings.journal_db_timeout))
     config = WriterConfig(
@@ -62,13 +67,16 @@ def build_journal(settings: Settings, url: URL, worker: int = 0) -> Journal:
         flush_interval=settings.journal_flush_interval,
         retry_interval=settings.journal_retry_interval,
     )
-    writer = JournalWriter(store, Spool(spool_dir(settings, worker)), config)
-    return Journal(writer, url, policy)
+    spool = Spool(spool_dir(settings, worker))
+    inflight = open_table(spool)
+    writer = JournalWriter(store, spool, config, inflight)
+    return Journal(writer, url, policy, inflight)
 
 
 def prepare_journal(settings: Settings, workers: int) -> None:
     """Once per `serve`, before any worker opens its journal: `upgrade head` when RUN_MIGRATIONS=1, and the rows a
-    run with more workers left in spools no worker of this run owns handed to worker 0's spool."""
+    run with more workers left in spools and in-flight tables no worker of this run owns handed to worker 0's
+    spool."""
     if not settings.logs:
         return
     try:
@@ -77,6 +85,7 @@ def prepare_journal(settings: Settings, workers: int) -> None:
             revision = upgrade(url)
             log.info("Journal schema is at revision %s (%s)", revision, render_url(url))
         adopted = adopt_orphans(spool_dir(settings), workers)
+        recover_orphans(spool_dir(settings), workers)  # after: the rows those workers spooled come first
     except (DatabaseUrlError, MigrationError, SpoolLocked) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:

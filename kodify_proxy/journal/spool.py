@@ -239,7 +239,7 @@ def adopt_orphans(base: Path, workers: int) -> int:
     """Move the segments of `base/worker-N` spools that no worker of this run owns (N >= `workers`: an earlier run
     had more) into `base`'s own, after its segments, so worker 0 stores them. Run before any worker starts; each
     spool is locked while it is touched. Returns how many segments moved."""
-    orphans = [path for path in sorted(base.glob("worker-*")) if path.is_dir() and _worker_number(path) >= workers]
+    orphans = orphan_directories(base, workers)
     if not orphans or not any(orphan.glob(_SEGMENT_GLOB) for orphan in orphans):
         return 0
     moved = 0
@@ -254,6 +254,11 @@ def adopt_orphans(base: Path, workers: int) -> int:
     finally:
         owner.close()
     return moved
+
+
+def orphan_directories(base: Path, workers: int) -> list[Path]:
+    """The `base/worker-N` spool directories no worker of a run with `workers` workers owns (N >= `workers`)."""
+    return [path for path in sorted(base.glob("worker-*")) if path.is_dir() and _worker_number(path) >= workers]
 
 
 def _worker_number(path: Path) -> int:

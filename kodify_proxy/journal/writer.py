@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
+from kodify_proxy.journal.inflight import InflightTable
 from kodify_proxy.journal.models import journal
 from kodify_proxy.journal.record import JournalRow, minimal_row
 from kodify_proxy.journal.spool import Chunk, Spool
@@ -99,12 +100,16 @@ def _reason(exc: BaseException) -> str:
 
 
 class JournalWriter:
-    """One background thread: buffer -> spool (fsync) -> database, oldest first."""
+    """One background thread: buffer -> spool (fsync) -> database, oldest first. With an in-flight table, each
+    row's slot is freed once the row is spooled, and the table gets a sign of life every round."""
 
-    def __init__(self, store: JournalStore, spool: Spool, config: WriterConfig) -> None:
+    def __init__(
+        self, store: JournalStore, spool: Spool, config: WriterConfig, inflight: InflightTable | None = None
+    ) -> None:
         self.store = store
         self.spool = spool
         self.config = config
+        self.inflight = inflight
         self._buffer: deque[JournalRow] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -136,6 +141,7 @@ class JournalWriter:
         if self._thread is None or self._thread.is_alive():
             left = self._take_all()
             self.spool.append(left)  # the thread is stuck in a database call; the spool keeps these for later
+            self._spooled(left)
             if left:
                 log.warning("Journal: %d rows spooled at shutdown; they are stored at the next start", len(left))
         self.spool.close()
@@ -151,6 +157,7 @@ class JournalWriter:
             "buffered_rows": buffered,
             "spooled_bytes": self.spool.pending_bytes(),
             "stored_rows": self.stored,
+            "unrecorded_in_flight": self.inflight.unrecorded if self.inflight is not None else 0,
         }
 
     def _take_all(self) -> list[JournalRow]:
@@ -199,6 +206,14 @@ class JournalWriter:
             )
             self._put_back(rows)
             time.sleep(self.config.retry_interval)
+            return
+        self._spooled(rows)
+
+    def _spooled(self, rows: list[JournalRow]) -> None:
+        """Rows are safe in the spool: their in-flight records are no longer needed."""
+        if self.inflight is not None:
+            self.inflight.release(rows)
+            self.inflight.beat()
 
     def _put_back(self, rows: list[JournalRow]) -> None:
         """Rows taken from the buffer but not spooled go back to its front, in their order."""
