@@ -21,11 +21,13 @@ from typing import Any
 
 import httpx
 import psycopg
+import psycopg.rows
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import make_url
 
 from kodify_proxy.env_types import available_cpus, resolve_workers
+from kodify_proxy.journal.inflight import TABLE_NAME, WORKER_DIED, read_table
 from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
@@ -259,12 +261,15 @@ def test_a_revoked_token_is_refused_by_both_workers_within_the_ttl(pool: Pool) -
 
 
 class Streams:
-    """`count` chat streams in flight at once (each chunk DRIP seconds apart upstream), then what each one got:
-    `complete` (to [DONE]), `cut`, or the httpx error that ended it."""
+    """`count` chats in flight at once, streamed (each chunk DRIP/20 seconds apart upstream) or not (the answer after
+    DRIP seconds), then what each one got: `complete` (to [DONE]), `cut`, or the httpx error that ended it; and the
+    status and request id of each one whose response started."""
 
-    def __init__(self, pool: Pool, headers: dict[str, str], count: int, drip: float) -> None:
+    def __init__(self, pool: Pool, headers: dict[str, str], count: int, drip: float, stream: bool = True) -> None:
         self.marker, self.outcomes = uuid.uuid4().hex, [""] * count
-        self._pool, self._headers, self._drip = pool, headers, drip
+        self.statuses: list[int | None] = [None] * count
+        self.ids: list[str | None] = [None] * count
+        self._pool, self._headers, self._drip, self._streamed = pool, headers, drip, stream
         self._threads = [threading.Thread(target=self._stream, args=(i,)) for i in range(count)]
         for thread in self._threads:
             thread.start()
@@ -279,12 +284,13 @@ class Streams:
 
     def _stream(self, i: int) -> None:
         content = f"DRIP:{self._drip} {self.marker}"
-        body = {"model": "fake-model", "messages": [{"role": "user", "content": content}], "stream": True}
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": content}], "stream": self._streamed}
         url = self._pool.proxy.url + "/v1/chat/completions"
         try:
             with httpx.stream("POST", url, json=body, headers=self._headers, timeout=30) as response:
+                self.statuses[i], self.ids[i] = response.status_code, response.headers["x-litellm-call-id"]
                 lines = [line for line in response.iter_lines() if line]
-            whole = response.status_code == 200 and lines[-1] == "data: [DONE]"
+            whole = response.status_code == 200 and (not self._streamed or lines[-1] == "data: [DONE]")
             self.outcomes[i] = "complete" if whole else "cut"
         except httpx.HTTPError as exc:
             self.outcomes[i] = type(exc).__name__
@@ -294,21 +300,55 @@ class Streams:
             thread.join(40)
         return self.outcomes
 
+    def sent(self) -> list[tuple[str | None, int | None, str]]:
+        """(request id, status, outcome) of each request; no id and no status when its response never started."""
+        return list(zip(self.ids, self.statuses, self.outcomes, strict=True))
 
-def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Pool) -> None:
+
+def _busiest_worker(pool: Pool, workers: list[int]) -> tuple[int, int]:
+    """The worker with the most requests in its journal's in-flight table (wherever the state dir keeps it), and
+    how many: killing it is sure to cut requests."""
+    held = {pid: 0 for pid in workers}
+    for path in Path(pool.proxy.env["KODIFY_STATE_DIR"]).rglob(TABLE_NAME):
+        leftovers = read_table(path.read_bytes())
+        if leftovers.pid in held:
+            held[leftovers.pid] = len(leftovers.records)
+    return max(held.items(), key=lambda item: item[1])
+
+
+def _chat_rows(url: str, user: str, expected: int, within: float = 60.0) -> list[dict[str, Any]]:
+    """The journal's chat rows of `user`, once there are `expected` (or `within` seconds passed)."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    query = "SELECT * FROM kodify_journal WHERE user_id = %s AND route = '/v1/chat/completions'"
+    deadline = time.monotonic() + within
+    while True:
+        with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+            rows = cursor.execute(query, (user,)).fetchall()
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def test_sigkill_of_one_worker_is_replaced_and_every_request_it_had_is_journaled(pool: Pool) -> None:
     token = _token(pool, "through-a-crash")
     headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
     workers = pool.workers()
     assert len(workers) == 2
-    streams = Streams(pool, headers, 8, drip=3)
-    os.kill(workers[0], signal.SIGKILL)
-    finished = Counter(streams.finished())
-    # the killed worker's clients lose their stream (a cut connection), every other stream completes
-    assert finished["complete"] >= 1 and sum(finished.values()) == 8, finished
+    streams = Streams(pool, headers, 8, drip=6)
+    waiting = Streams(pool, headers, 4, drip=6, stream=False)  # no response yet when the worker dies
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "just before"}]}
+    answered = _each_on_its_own_connection(  # ended just before: rows perhaps still in a writer's memory
+        6, lambda i: httpx.post(pool.proxy.url + "/v1/chat/completions", json=chat, headers=headers, timeout=30)
+    )
+    assert [r.status_code for r in answered] == [200] * 6
+    victim, held = _busiest_worker(pool, workers)
+    os.kill(victim, signal.SIGKILL)
+    finished = Counter(streams.finished() + waiting.finished())
+    # the killed worker's clients lose their request (a cut connection), every other one completes
+    assert finished["complete"] >= 1 and finished["complete"] < 12 and sum(finished.values()) == 12, finished
     assert set(finished) <= {"complete", "RemoteProtocolError", "ReadError", "cut"}, finished
-    print(f"SIGKILL of one of 2 workers with 8 streams in flight: {dict(finished)}")
     deadline = time.monotonic() + 60
-    while len(replaced := pool.workers()) < 2 or workers[0] in replaced:
+    while len(replaced := pool.workers()) < 2 or victim in replaced:
         assert time.monotonic() < deadline, "no replacement worker"
         time.sleep(0.2)
     ok = _each_on_its_own_connection(
@@ -321,8 +361,22 @@ def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Poo
         ),
     )
     assert [r.status_code for r in ok] == [200] * 10
-    completed = finished["complete"]
-    assert _wait_rows(pool.journal_url, streams.marker, completed) >= completed  # the survivors' streams are journaled
+    # a row for every request sent, once each: the killed worker's rebuilt by its replacement
+    rows = {row["request_id"]: row for row in _chat_rows(pool.journal_url, "through-a-crash", 18)}
+    print(f"SIGKILL of a worker holding {held} of 18 requests: {dict(finished)}; {len(rows)} rows for 18 requests")
+    assert len(rows) == 18
+    sent = streams.sent() + waiting.sent()
+    for request_id, status, outcome in sent:
+        if request_id is not None:  # the client got a status: the row has it, and says whether the worker died
+            expected = (status, None if outcome == "complete" else WORKER_DIED)
+            assert (rows[request_id]["status"], rows[request_id]["error_type"]) == expected, rows[request_id]
+    unanswered = [row for row in rows.values() if row["status"] is None]
+    assert len(unanswered) == len([s for s in sent if s[0] is None])  # no status line: the row has none either
+    for row in rows.values():
+        assert row["model"] == "fake-model" and row["started_at"] is not None
+        assert row["error_type"] in (None, WORKER_DIED), row
+    for response in answered:
+        assert rows[response.headers["x-litellm-call-id"]]["status"] == 200
 
 
 def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Server], database_url: str) -> None:

@@ -130,17 +130,18 @@ class InflightTable:
     """One worker's slots, mapped shared from `path`. The event loop takes and writes slots; the journal writer's
     thread frees them once their rows are spooled (each step is one atomic list or dict operation under the GIL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, slots: int = SLOTS) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # 0600: it names users and paths, as the spool does
         try:
             os.ftruncate(fd, 0)  # empty: every slot free (a hole in the file, filled as slots are used)
-            os.ftruncate(fd, HEADER_BYTES + SLOTS * SLOT_BYTES)
-            self._map = mmap.mmap(fd, HEADER_BYTES + SLOTS * SLOT_BYTES)
+            os.ftruncate(fd, HEADER_BYTES + slots * SLOT_BYTES)
+            self._map = mmap.mmap(fd, HEADER_BYTES + slots * SLOT_BYTES)
         finally:
             os.close(fd)
-        _HEADER.pack_into(self._map, 0, _MAGIC, SLOT_BYTES, SLOTS, os.getpid(), time.time())
+        _HEADER.pack_into(self._map, 0, _MAGIC, SLOT_BYTES, slots, os.getpid(), time.time())
         self.path = path
-        self._free = list(range(SLOTS - 1, -1, -1))  # a stack, lowest first: the same few pages stay in use
+        self.slots = slots
+        self._free = list(range(slots - 1, -1, -1))  # a stack, lowest first: the same few pages stay in use
         self._held: dict[str, int] = {}
         self.unrecorded = 0  # requests that found every slot taken
         self._full = False
@@ -195,11 +196,11 @@ class InflightTable:
 
     def beat(self) -> None:
         """A sign of life: the end time a dead worker's unfinished requests are given is its last one."""
-        struct.pack_into("<d", self._map, _BEAT_AT, time.time())
+        _F64.pack_into(self._map, _BEAT_AT, time.time())
 
     def in_use(self) -> int:
         """Slots taken."""
-        return SLOTS - len(self._free)
+        return len(self._held)
 
     def close(self) -> None:
         """No new slots (shut-down); slots still taken stay in the file, for the next start to journal."""
@@ -212,7 +213,7 @@ class InflightTable:
             log.warning(
                 "Journal: all %d in-flight slots of %s are taken; requests go unrecorded until one is free (were "
                 "this worker to die, their rows would be lost)",
-                SLOTS,
+                self.slots,
                 self.path,
             )
         return -1
