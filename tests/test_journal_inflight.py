@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,34 @@ def test_each_step_of_a_request_is_in_the_file_as_soon_as_it_is_made(tmp_path: P
     assert (ended.state, ended.status, ended.latency_ms) == (ENDED, 200, 750.0)
     untracked = recorder.begin("/health", {"method": "GET", "path": "/health"}, tracked=False)
     assert untracked.slot == -1 and table.in_use() == 2
+
+
+class Settle:
+    """The recorder's settle timer, fired by the test."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def later(self, delay: float, callback: Callable[[], None]) -> Settle:
+        self.callbacks.append(callback)
+        return self
+
+    def cancel(self) -> None:
+        self.callbacks.clear()
+
+
+def test_a_request_litellm_served_keeps_its_record_while_its_log_event_is_awaited(tmp_path: Path) -> None:
+    settle, recorded = Settle(), list[str]()
+    table = InflightTable(tmp_path / TABLE_NAME, slots=8)
+    recorder = RequestRecorder([lambda e: recorded.append(e.request_id)], later=settle.later, ledger=table)
+    served = exchange(recorder)
+    served.awaiting_litellm, served.status, served.completed, served.ended_at = True, 200, True, served.t0 + 0.2
+    recorder.end(served)  # answered; LiteLLM's event (tokens, upstream) may take up to SETTLE_SECONDS
+    assert recorded == [] and len(settle.callbacks) == 1
+    (record,) = read_table(table.path.read_bytes()).records
+    assert (record.request_id, record.state, record.status) == (served.request_id, ENDED, 200)  # a death now: a row
+    settle.callbacks[0]()
+    assert recorded == [served.request_id] and table.in_use() == 1  # until the writer has spooled its row
 
 
 def test_a_slot_is_free_once_its_row_is_released_and_is_taken_again(tmp_path: Path) -> None:

@@ -392,6 +392,8 @@ def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Se
         per_worker = pool.served("/v1/chat/completions")
         assert len([pid for pid, counts in per_worker.items() if counts.get("200")]) == 2, per_worker
         assert _journal_rows(db, streams.marker) == 10  # each worker flushed its rows before it exited
+        tables = list(Path(pool.proxy.env["KODIFY_STATE_DIR"]).rglob(TABLE_NAME))
+        assert len(tables) == 2 and [read_table(t.read_bytes()).records for t in tables] == [(), ()]  # none died
         log = pool.proxy.log_text()
         assert "[worker 1]" in log and "[worker 2]" in log and "was sent SIGTERM" not in log
         assert f"Uvicorn running on http://127.0.0.1:{pool.proxy.port} with 2 workers" in log  # as with one process
