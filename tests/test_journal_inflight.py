@@ -157,8 +157,13 @@ def test_each_step_of_a_request_is_in_the_file_as_soon_as_it_is_made(tmp_path: P
     recorder.end(first)  # no sinks: emitted at once, and its slot stays until the writer spools the row
     ended = {r.request_id: r for r in read_table((tmp_path / TABLE_NAME).read_bytes()).records}[first.request_id]
     assert (ended.state, ended.status, ended.latency_ms) == (ENDED, 200, 750.0)
+    long = recorder.begin("/v1/chat/completions", {"method": "POST", "path": "/v1/" + "я" * 400})
+    long.user_id, long.model = "\ud800", "m" * 300
+    recorder.identified(long)
+    cut = {r.request_id: r for r in read_table((tmp_path / TABLE_NAME).read_bytes()).records}[long.request_id]
+    assert (cut.route, cut.model, cut.user_id) == ("/v1/" + "я" * 158, "m" * 192, "?")  # as `encode` cuts them
     untracked = recorder.begin("/health", {"method": "GET", "path": "/health"}, tracked=False)
-    assert untracked.slot == -1 and table.in_use() == 2
+    assert untracked.slot == -1 and table.in_use() == 3
 
 
 class Settle:

@@ -43,9 +43,13 @@ _FIXED = struct.Struct("<BBHIddd")
 TEXTS = (("request_id", 64), ("method", 16), ("route", 320), ("user_id", 192), ("key_alias", 128), ("model", 192))
 _LENGTHS = struct.Struct(f"<{len(TEXTS)}H")
 _LENGTHS_AT = _FIXED.size
-_BEGUN = struct.Struct(f"<BHIddd{len(TEXTS)}H")  # all but the state, written at begin
-_IDENTITY = struct.Struct("<3H")  # the lengths of the last three fields (user, key alias, model)
-_IDENTITY_AT = _LENGTHS_AT + 3 * 2  # after the first three lengths
+# What begin writes in one go (all but the state byte: the numbers, every length, the first three fields, padded),
+# and what identify writes: the last three fields, then their lengths. One pack_into each is the cheap way to write.
+_BEGUN = struct.Struct(f"<BHIddd{len(TEXTS)}H" + "".join(f"{room}s" for _, room in TEXTS[:3]))
+_WHO = struct.Struct("<" + "".join(f"{room}s" for _, room in TEXTS[3:]))
+_WHO_LENGTHS = struct.Struct("<3H")
+_WHO_LENGTHS_AT = _LENGTHS_AT + 3 * 2  # after the first three lengths
+_ID_ROOM, _METHOD_ROOM, _ROUTE_ROOM, _USER_ROOM, _ALIAS_ROOM, _MODEL_ROOM = (room for _, room in TEXTS)
 _STATUS_AT, _BYTES_AT, _LATENCY_AT, _RESPONDED_AT = 2, 4, 16, 24
 _U16, _U32, _F64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<d")
 
@@ -56,8 +60,8 @@ def _layout() -> dict[str, int]:
     for name, room in TEXTS:
         offsets[name] = at
         at += room
-    if at > SLOT_BYTES:
-        raise ValueError(f"the in-flight record needs {at} bytes, more than a slot's {SLOT_BYTES}")
+    if at > SLOT_BYTES or offsets["user_id"] != 1 + _BEGUN.size:
+        raise ValueError(f"the in-flight record's layout is wrong: {offsets}, {at} bytes of {SLOT_BYTES}")
     return offsets
 
 
@@ -88,19 +92,15 @@ class Record:
         return max(self.started, self.responded or 0.0, ended)
 
 
-def _text(value: str | None, room: int) -> bytes:
-    return (value or "").encode("utf-8", "replace")[:room]
-
-
 def encode(record: Record) -> bytes:
-    """A slot's bytes for `record` (the table writes the same layout piece by piece)."""
+    """A slot's bytes for `record`, laid out as the table writes them (in two steps there: begin, identify)."""
     data = bytearray(SLOT_BYTES)
-    texts = [_text(getattr(record, name), room) for name, room in TEXTS]
-    for (name, _), text in zip(TEXTS, texts, strict=True):
-        data[_OFFSETS[name] : _OFFSETS[name] + len(text)] = text
+    texts = [str(getattr(record, name)).encode(errors="replace") for name, _ in TEXTS]
+    lengths = [min(len(text), room) for text, (_, room) in zip(texts, TEXTS, strict=True)]
     numbers = (record.status or 0, record.request_bytes, record.started, record.latency_ms or 0.0)
-    _FIXED.pack_into(data, 0, record.state, record.stream, *numbers, record.responded or 0.0)
-    _LENGTHS.pack_into(data, _LENGTHS_AT, *(len(text) for text in texts))
+    _BEGUN.pack_into(data, 1, record.stream, *numbers, record.responded or 0.0, *lengths, *texts[:3])
+    _WHO.pack_into(data, _OFFSETS["user_id"], *texts[3:])
+    data[0] = record.state
     return bytes(data)
 
 
@@ -153,11 +153,12 @@ class InflightTable:
         except IndexError:
             return self._no_slot()
         at, data = HEADER_BYTES + index * SLOT_BYTES, self._map
-        texts = (_text(exchange.request_id, 64), _text(exchange.method, 16), _text(exchange.path, 320))
-        for (name, _), text in zip(TEXTS, texts, strict=False):
-            data[at + _OFFSETS[name] : at + _OFFSETS[name] + len(text)] = text
+        request_id, method = exchange.request_id.encode(errors="replace"), exchange.method.encode(errors="replace")
+        route = exchange.path.encode(errors="replace")
+        lengths = min(len(request_id), _ID_ROOM), min(len(method), _METHOD_ROOM), min(len(route), _ROUTE_ROOM)
         started = exchange.started_at.timestamp()
-        _BEGUN.pack_into(data, at + 1, 0, 0, 0, started, 0.0, 0.0, *(len(text) for text in texts), 0, 0, 0)
+        # struct pads each field to its room, or cuts it (decoding drops a character cut in two)
+        _BEGUN.pack_into(data, at + 1, 0, 0, 0, started, 0.0, 0.0, *lengths, 0, 0, 0, request_id, method, route)
         data[at] = OPEN  # last: a begin cut short leaves the slot free, never half a record
         self._held[exchange.request_id] = index
         self._full = False
@@ -166,10 +167,12 @@ class InflightTable:
     def identify(self, exchange: Exchange) -> None:
         """The request's user, key alias, model and size, once auth and the body are done."""
         at, data = HEADER_BYTES + exchange.slot * SLOT_BYTES, self._map
-        texts = (_text(exchange.user_id, 192), _text(exchange.key_alias, 128), _text(exchange.model, 192))
-        for (name, _), text in zip(TEXTS[3:], texts, strict=True):
-            data[at + _OFFSETS[name] : at + _OFFSETS[name] + len(text)] = text
-        _IDENTITY.pack_into(data, at + _IDENTITY_AT, *(len(text) for text in texts))  # after the bytes they measure
+        user = (exchange.user_id or "").encode(errors="replace")
+        alias = (exchange.key_alias or "").encode(errors="replace")
+        model = (exchange.model or "").encode(errors="replace")
+        _WHO.pack_into(data, at + _OFFSETS["user_id"], user, alias, model)
+        lengths = min(len(user), _USER_ROOM), min(len(alias), _ALIAS_ROOM), min(len(model), _MODEL_ROOM)
+        _WHO_LENGTHS.pack_into(data, at + _WHO_LENGTHS_AT, *lengths)  # after the bytes they measure
         _U32.pack_into(data, at + _BYTES_AT, min(len(exchange.request_body), 0xFFFFFFFF))
 
     def respond(self, exchange: Exchange) -> None:
