@@ -21,6 +21,7 @@ from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.inflight import (
     ENDED,
+    HEADER_BYTES,
     OPEN,
     SLOT_BYTES,
     TABLE_NAME,
@@ -114,10 +115,10 @@ def test_the_rows_of_what_a_dead_worker_left() -> None:
         ).model_dump()
     )
     assert waiting.error_message is not None
-    assert "pid 4242" in waiting.error_message and "before the response started" in waiting.error_message
+    assert "pid 4242" in waiting.error_message and "its response had not started" in waiting.error_message
     streaming = died_row(Record(state=OPEN, status=200, stream=True, **base), 4242, STARTED.timestamp() + 1)
     assert (streaming.status, streaming.stream, streaming.latency_ms, streaming.user_id) == (200, True, 1000.0, None)
-    assert "the client got status 200, then the cut" in (streaming.error_message or "")
+    assert "the client got status 200 and part of the response" in (streaming.error_message or "")
     ended = died_row(Record(state=ENDED, status=200, latency_ms=12.5, **base), 4242, STARTED.timestamp() + 9)
     assert (ended.status, ended.latency_ms, ended.error_type) == (200, 12.5, WORKER_DIED)
     assert "after the response had ended (status 200)" in (ended.error_message or "")
@@ -128,6 +129,22 @@ def test_the_rows_of_what_a_dead_worker_left() -> None:
 def test_a_file_that_is_no_table_holds_no_records() -> None:
     assert read_table(b"").records == ()
     assert read_table(b"not a table" * 1000).records == ()
+
+
+def test_a_damaged_record_is_skipped_and_the_others_journaled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path)
+    table = InflightTable(tmp_path / TABLE_NAME, slots=4)
+    good = exchange(RequestRecorder([], ledger=table))
+    with (tmp_path / TABLE_NAME).open("r+b") as damaged:  # slot 1: a time beyond any date
+        damaged.seek(HEADER_BYTES + SLOT_BYTES)
+        damaged.write(encode(Record(state=OPEN, request_id="damaged", started=1e300)))
+    with caplog.at_level(logging.ERROR, "kodify_proxy.journal"):
+        open_table(spool)
+    chunk = spool.read(10)
+    assert chunk is not None and [row.request_id for row in chunk.rows] == [good.request_id]
+    assert chunk.rows[0].latency_ms < 60_000  # its end is not taken from the damaged record's time
+    assert "makes no row" in caplog.text
+    spool.close()
 
 
 # --- the table in its file ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import os
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -271,15 +271,16 @@ def died_row(record: Record, pid: int, last_alive: float) -> JournalRow:
 
 def died_message(record: Record, pid: int) -> str:
     """What happened to the request, for the administrator reading its row."""
-    worker = f"The worker process (pid {pid}) died (killed, e.g. by SIGKILL or the OOM killer, or crashed: the "
-    worker += "server log names the signal)"
-    lost = "; this row was rebuilt from the record the request left when it began: its upstream, tokens and bodies "
-    lost += "were lost with the worker"
+    worker = f"The worker process (pid {pid}) serving this request died (killed, e.g. by SIGKILL or the OOM killer, "
+    worker += "or crashed; with several workers the server log names the signal)"
+    lost = "; this row was rebuilt from the record the request left, without its upstream, tokens or bodies"
     if record.state == ENDED:
-        return f"{worker} after the response had ended (status {record.status}), before its row was written{lost}"
+        return f"{worker} after the response had ended (status {record.status}), before its row was spooled{lost}"
     if record.status is None:
-        return f"{worker} before the response started: the client got no answer, its connection was cut{lost}"
-    return f"{worker} while the response was being sent: the client got status {record.status}, then the cut{lost}"
+        return f"{worker}: its response had not started, the client got no answer (its connection was cut){lost}"
+    return (
+        f"{worker}: the client got status {record.status} and part of the response, then its connection was cut{lost}"
+    )
 
 
 def recover(path: Path, spool: Spool) -> int:
@@ -290,7 +291,8 @@ def recover(path: Path, spool: Spool) -> int:
         leftovers = read_table(path.read_bytes())
     except FileNotFoundError:
         return 0
-    rows = [died_row(record, leftovers.pid, leftovers.last_alive) for record in leftovers.records]
+    leftovers = replace(leftovers, last_alive=min(leftovers.last_alive, time.time()))  # not after now, whatever it says
+    rows = [row for record in leftovers.records if (row := _died_row_or_none(record, leftovers)) is not None]
     spool.append(rows)
     if rows:
         log.warning(
@@ -300,6 +302,16 @@ def recover(path: Path, spool: Spool) -> int:
             WORKER_DIED,
         )
     return len(rows)
+
+
+def _died_row_or_none(record: Record, leftovers: Leftovers) -> JournalRow | None:
+    """The record's row; None (and an error logged) for a record no row can be made of: a file damaged otherwise
+    than by its writer's death (which leaves whole records), e.g. a time beyond any date."""
+    try:
+        return died_row(record, leftovers.pid, leftovers.last_alive)
+    except (ValueError, OverflowError, OSError) as exc:  # a pydantic ValidationError is a ValueError
+        log.error("Journal: an in-flight record of worker process %d makes no row (%s); skipped", leftovers.pid, exc)
+        return None
 
 
 def open_table(spool: Spool) -> InflightTable:
