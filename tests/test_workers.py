@@ -363,7 +363,9 @@ def test_sigkill_of_one_worker_is_replaced_and_every_request_it_had_is_journaled
     assert [r.status_code for r in ok] == [200] * 10
     # a row for every request sent, once each: the killed worker's rebuilt by its replacement
     rows = {row["request_id"]: row for row in _chat_rows(pool.journal_url, "through-a-crash", 18)}
-    print(f"SIGKILL of a worker holding {held} of 18 requests: {dict(finished)}; {len(rows)} rows for 18 requests")
+    died = Counter(row["status"] for row in rows.values() if row["error_type"] == WORKER_DIED)
+    print(f"SIGKILL of a worker holding {held} of 18 requests: {dict(finished)}; {len(rows)} rows for 18 requests,")
+    print(f"  {WORKER_DIED} by status: {dict(died)}")
     assert len(rows) == 18
     sent = streams.sent() + waiting.sent()
     for request_id, status, outcome in sent:
