@@ -137,6 +137,7 @@ class RequestRecorder:
     def _emit(self, exchange: Exchange) -> None:
         if self._open.pop(exchange.request_id, None) is None:
             return
+        exchange.slot = -1  # recorded: its record is the writer's to free now, and a late write could hit a reused slot
         timer = self._timers.pop(exchange.request_id, None)
         if timer is not None:
             timer.cancel()

@@ -215,10 +215,17 @@ def test_a_slot_is_free_once_its_row_is_released_and_is_taken_again(tmp_path: Pa
     table = InflightTable(tmp_path / TABLE_NAME, slots=8)
     recorder = RequestRecorder([], ledger=table)
     done = exchange(recorder)
+    recorder.end(done)  # recorded (no sinks here): its slot is the writer's to free now
+    assert done.slot == -1 and table.in_use() == 1
     table.release([died_row(Record(state=OPEN, request_id=done.request_id, started=1.0), 1, 1.0)])
     assert read_table((tmp_path / TABLE_NAME).read_bytes()).records == () and table.in_use() == 0
     table.release([died_row(Record(state=OPEN, request_id="not-in-the-table", started=1.0), 1, 1.0)])  # ignored
-    assert exchange(recorder).slot == done.slot
+    reused = exchange(recorder)
+    assert reused.slot == 0
+    done.status = 502
+    recorder.responding(done)  # a late write of the old request never reaches the slot's new owner
+    (record,) = read_table((tmp_path / TABLE_NAME).read_bytes()).records
+    assert (record.request_id, record.status) == (reused.request_id, None)
 
 
 def test_a_full_table_never_fails_a_request_and_counts_what_goes_unrecorded(
@@ -238,8 +245,10 @@ def test_a_full_table_never_fails_a_request_and_counts_what_goes_unrecorded(
     assert {r.request_id for r in read_table((tmp_path / TABLE_NAME).read_bytes()).records} == {
         e.request_id for e in held
     }
-    table.release([died_row(Record(state=OPEN, request_id=held[0].request_id, started=1.0), 1, 1.0)])
-    assert exchange(recorder).slot == held[0].slot
+    slot = held[0].slot
+    recorder.end(held[0])
+    table.release([died_row(Record(state=OPEN, request_id=held[0].request_id, started=1.0), 1, 1.0)])  # spooled
+    assert exchange(recorder).slot == slot
 
 
 # --- a process killed mid-request, and its successor --------------------------------------------------------------
