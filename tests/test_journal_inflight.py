@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,8 @@ def test_the_rows_of_what_a_dead_worker_left() -> None:
 def test_a_file_that_is_no_table_holds_no_records() -> None:
     assert read_table(b"").records == ()
     assert read_table(b"not a table" * 1000).records == ()
+    header = b"kodify-inflight1" + struct.pack("<IIId", 0, 2**32 - 1, 1, 0.0)  # a damaged header: slots of 0 bytes
+    assert read_table(header.ljust(HEADER_BYTES + SLOT_BYTES, b"\1")).records == ()
 
 
 def test_a_damaged_record_is_skipped_and_the_others_journaled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -236,6 +236,8 @@ def read_table(data: bytes) -> Leftovers:
     if len(data) < HEADER_BYTES or data[: len(_MAGIC)] != _MAGIC:
         return Leftovers(0, 0.0, ())
     _, slot_bytes, slots, pid, beat = _HEADER.unpack_from(data, 0)
+    if slot_bytes != SLOT_BYTES:  # the magic names this layout, and the layout this size: the header is damaged
+        return Leftovers(0, 0.0, ())
     found = []
     for index in range(slots):
         at = HEADER_BYTES + index * slot_bytes
