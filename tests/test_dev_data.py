@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from kodify_proxy import dev_data
 from kodify_proxy.acceptance import Client, Suggestion
@@ -22,7 +23,7 @@ from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.record import BodyPolicy, build_row
 from kodify_proxy.preprocess import load_shipped
 from kodify_proxy.users import UserStore
-from tests.journal_support import fresh_database, journal_rows
+from tests.journal_support import TcpForwarder, fresh_database, journal_rows, via_port
 from tests.servers import REPO, Server, kodify_proxy, upstreams_yaml
 from tests.test_surface import assert_ours
 
@@ -167,12 +168,16 @@ class DevDataProxy:
     server: Server
     journal: str
     tokens: dict[str, str]  # user -> token
+    journal_link: TcpForwarder  # the proxy reaches its journal database through it: stop() is an outage
 
 
 @pytest.fixture(scope="module")
 def dev_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Server, database_url: str) -> Iterator[DevDataProxy]:
-    """Per-user tokens (alice, bob), the journal in a fresh PostgreSQL database, bodies off, events up to 4 KiB."""
+    """Per-user tokens (alice, bob), the journal in a fresh PostgreSQL database (through a forwarder that can cut it
+    off), bodies off, events up to 4 KiB."""
     with fresh_database(database_url, prefix="kodify_dev_data") as url:
+        target = make_url(url)
+        link = TcpForwarder(target.host or "127.0.0.1", target.port or 5432).start()
         store = UserStore.from_settings_values(url, "kodify_users", 5.0)
         store.ensure_table()
         tokens = {name: store.add(name, None).token for name in ("alice", "bob")}
@@ -182,7 +187,8 @@ def dev_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Server, databa
             "AUTH_TYPE": "DB",
             "DB_URL": url,
             "LOGS": "True",
-            "KODIFY_JOURNAL_URL": url,
+            "KODIFY_JOURNAL_URL": via_port(url, link.port),
+            "KODIFY_JOURNAL_RETRY_INTERVAL": "0.5",
             "RUN_MIGRATIONS": "1",
             "KODIFY_JOURNAL_BODIES": "false",
             "KODIFY_EVENT_MAX_BYTES": "4096",
@@ -190,9 +196,10 @@ def dev_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Server, databa
         server = kodify_proxy(tmp_path_factory.mktemp("dev-data"), upstreams_yaml(upstream.url), env=env)
         server.start()
         try:
-            yield DevDataProxy(server, url, tokens)
+            yield DevDataProxy(server, url, tokens, link)
         finally:
             server.stop()
+            link.stop()
 
 
 def post(proxy: DevDataProxy, body: Any, user: str | None = "alice", path: str = "/v1/dev-data") -> httpx.Response:
@@ -335,3 +342,21 @@ def test_tabby_events_name_their_client_and_count_the_same_way(dev_proxy: DevDat
         "dismiss": (None, None, None, None, None, "Tabby", "1.9.0-dev"),
     }
     assert not [row for row in journal_rows(dev_proxy.journal) if row["status"] >= 500]
+
+
+def test_events_sent_while_the_journal_database_is_down_are_stored_once_it_is_back(dev_proxy: DevDataProxy) -> None:
+    bodies = continue_bodies([autocomplete(f"outage-{n}", n % 2 == 0) for n in range(6)])
+    dev_proxy.journal_link.stop()
+    try:
+        for body in bodies:
+            assert post(dev_proxy, body, "bob").status_code == 200  # answered at once: the spool holds them
+        deadline = time.monotonic() + 20
+        while "Journal database unavailable" not in dev_proxy.server.log_text():  # the writer tried, and failed
+            assert time.monotonic() < deadline, dev_proxy.server.log_text()[-3000:]
+            time.sleep(0.2)
+        assert not {"outage-0", "outage-5"} & set(rows_by_completion(dev_proxy, timeout=0))
+    finally:
+        dev_proxy.journal_link.start()
+    ids = [f"outage-{n}" for n in range(6)]
+    rows = rows_by_completion(dev_proxy, *ids, timeout=60)
+    assert [(rows[cid]["user_id"], rows[cid]["accepted"]) for cid in ids] == [("bob", n % 2 == 0) for n in range(6)]
