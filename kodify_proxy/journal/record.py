@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from kodify_proxy.acceptance import TABBY, tabby_suggestion
 from kodify_proxy.errors import read_error_body
 from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, DevEvent, Exchange, whole_number
 
@@ -120,6 +121,20 @@ class JournalRow(BaseModel):
             elif name in _INTEGER_COLUMNS and whole_number(value) is not None:
                 cleaned[name] = clamped(value)
         return cleaned
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tabby_event_counted(cls, data: Any) -> Any:
+        # A Tabby event row made before migration 0004 (an old spool stored after an upgrade) names only its type:
+        # it counts as acceptance.py counts Tabby's events, as the migration counted the rows already stored.
+        if not isinstance(data, dict) or "suggestion" in data or data.get("event_schema") is not None:
+            return data
+        event_type = data.get("event_type")
+        suggestion = tabby_suggestion(event_type) if isinstance(event_type, str) else None
+        if suggestion is None:
+            return data
+        counted = {"suggestion": suggestion.kind, "shown": suggestion.shown, "accepted": suggestion.accepted}
+        return {"client": TABBY, **data, **counted}
 
     @field_validator("started_at", mode="after")
     @classmethod
