@@ -48,8 +48,8 @@ def exchanges(draw: st.DrawFn) -> Exchange:
     body = draw(HOSTILE).encode("utf-8", "surrogatepass")  # invalid UTF-8 when it holds surrogates
     plugin: dict[str, Any] = {"client": Client(draw(HOSTILE), draw(st.none() | HOSTILE))}
     if draw(st.booleans()):  # a Continue dev-data event instead of Tabby's
-        texts_of_event = [draw(HOSTILE) for _ in range(3)]
-        plugin["dev_event"] = DevEvent(event.pop("event_type") or "", *texts_of_event[:2], texts_of_event[2])
+        schema, response_id, data_json = (draw(HOSTILE) for _ in range(3))
+        plugin["dev_event"] = DevEvent(event.pop("event_type") or "", schema, response_id, data_json)
     return Exchange(
         request_id=f"hyp-{next(_ids)}",
         method="POST",
