@@ -115,7 +115,10 @@ class JournalRow(BaseModel):
         cleaned = dict(data)
         for name, value in data.items():
             if isinstance(value, str):
-                text, replaced = storable_text(value, _MAX_CHARS.get(name))
+                limit = _MAX_CHARS.get(name)
+                if value.isascii() and "\x00" not in value and (limit is None or len(value) <= limit):
+                    continue  # the common case, storable as it is: no scan (isascii is O(1) in CPython)
+                text, replaced = storable_text(value, limit)
                 cleaned[name] = text
                 cleaned["text_replaced"] = replaced or bool(cleaned.get("text_replaced"))
             elif name in _INTEGER_COLUMNS and whole_number(value) is not None:
