@@ -2,16 +2,18 @@
 
 Usage: .venv/bin/python -m bench.bench_dev_data [--seconds 5] [--rounds 3] [--concurrency 8] [--out FILE.json]
 
-One kodify-proxy process as administrators run it for acceptance: per-user tokens and the journal in PostgreSQL
-(TEST_DATABASE_URL's server, a fresh database), bodies off, one worker, in front of the fake upstream (no event asks
-it anything). `wrk` (C) posts one event body over and over with a user's token, scenarios interleaved round by round:
+Two kodify-proxy processes side by side, one worker each, per-user tokens (PostgreSQL: TEST_DATABASE_URL's server, a
+fresh database), in front of the fake upstream (no event asks it anything): `journal`, as administrators run it for
+acceptance (LOGS on, the journal in that database, bodies off), and `no-journal` (LOGS off: the route's own cost).
+`wrk` (C) posts one event body over and over with a user's token, servers and scenarios interleaved round by round:
   autocomplete-noCode    Continue's `autocomplete` event at `level: noCode` (what client-config writes)
   autocomplete-all       the same at `level: all`: prefix, suffix, prompt and completion in it (~3 KB)
   next-edit-noCode       a `nextEditOutcome` event at `level: noCode`
   tabby-view             Tabby's `view` event on /v1/events, for comparison
 The bodies are built as core/data/log.ts builds them (tests/continue_dev_data.mjs, node and @continuedev/config-yaml).
 For each: events/s, p50/p99, and the CPU the server process spent per event (utime + stime from /proc over the
-measured runs: the route, the record, the metrics and the journal writer's inserts; PostgreSQL's own CPU is not in it).
+measured runs: auth, the route, the record, the metrics and, with the journal, its writer's spool and inserts;
+PostgreSQL's own CPU is not in it).
 """
 
 from __future__ import annotations
@@ -60,30 +62,33 @@ def scenarios() -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-def measure(server: Server, token: str, seconds: int, rounds: int, concurrency: int, tmp: Path) -> dict[str, Any]:
-    """Every scenario `rounds` times, interleaved; events/s, latency and the server's CPU per event."""
-    target = Target("kodify-proxy", server.url, {"Authorization": f"Bearer {token}"})
+def measure(
+    servers: dict[str, Server], token: str, seconds: int, rounds: int, concurrency: int, tmp: Path
+) -> dict[str, Any]:
+    """Every scenario on every server `rounds` times, interleaved; events/s, latency and the server's CPU per event."""
     bodies = scenarios()
-    for path, body in bodies.values():
-        wrk(target, body, 2, concurrency, tmp, path)  # warm-up
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in bodies}
-    cpu = dict.fromkeys(bodies, 0.0)
+    cells = [(server, name) for server in servers for name in bodies]
+    targets = {name: Target(name, server.url, {"Authorization": f"Bearer {token}"}) for name, server in servers.items()}
+    for server, name in cells:
+        wrk(targets[server], bodies[name][1], 2, concurrency, tmp, bodies[name][0])  # warm-up
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {cell: [] for cell in cells}
+    cpu = dict.fromkeys(cells, 0.0)
     for _ in range(rounds):
-        for name, (path, body) in bodies.items():
-            before = cpu_seconds(processes(server))
-            runs[name].append(wrk(target, body, seconds, concurrency, tmp, path))
-            cpu[name] += cpu_seconds(processes(server)) - before
+        for server, name in cells:
+            before = cpu_seconds(processes(servers[server]))
+            runs[server, name].append(wrk(targets[server], bodies[name][1], seconds, concurrency, tmp, bodies[name][0]))
+            cpu[server, name] += cpu_seconds(processes(servers[server])) - before
     results: dict[str, Any] = {}
-    for name, found in runs.items():
+    for (server, name), found in runs.items():
         events = sum(r["requests"] for r in found)
         elapsed = sum(r["duration_us"] for r in found) / 1e6
-        results[name] = {
+        results[f"{name} {server}"] = {
             "body_bytes": len(json.dumps(bodies[name][1]).encode()),
             "events_per_s": round(events / elapsed, 1),
             "p50_ms": round(statistics.median(r["p50_us"] for r in found) / 1000, 2),
             "p99_ms": round(statistics.median(r["p99_us"] for r in found) / 1000, 2),
-            "cpu_ms_per_event": round(cpu[name] / events * 1000, 3),
-            "server_cores": round(cpu[name] / elapsed, 2),
+            "cpu_ms_per_event": round(cpu[server, name] / events * 1000, 3),
+            "server_cores": round(cpu[server, name] / elapsed, 2),
             "n": events,
         }
     return results
@@ -114,26 +119,29 @@ def main() -> None:
         token = store.add("bench", None).token
         store.close()
         upstream = fake_upstream(tmp).start()
-        env = {
-            "MTSAI_AUTH": "true",
-            "AUTH_TYPE": "DB",
-            "DB_URL": url,
+        users = {"MTSAI_AUTH": "true", "AUTH_TYPE": "DB", "DB_URL": url}
+        journal = {
             "LOGS": "True",
             "KODIFY_JOURNAL_URL": make_url(url).render_as_string(hide_password=False),
             "RUN_MIGRATIONS": "1",
             "KODIFY_JOURNAL_BODIES": "false",
         }
-        server = kodify_proxy(tmp, upstreams_yaml(upstream.url), env=env, name="dev-data")
+        servers = {
+            "journal": kodify_proxy(tmp, upstreams_yaml(upstream.url), env={**users, **journal}, name="journal"),
+            "no-journal": kodify_proxy(tmp, upstreams_yaml(upstream.url), env=users, name="no-journal"),
+        }
         try:
-            server.start(timeout=180)
-            assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {token}"}).is_success
+            for server in servers.values():
+                server.start(timeout=180)
+                assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {token}"}).is_success
             time.sleep(2)
-            results = measure(server, token, args.seconds, args.rounds, args.concurrency, tmp)
+            results = measure(servers, token, args.seconds, args.rounds, args.concurrency, tmp)
             time.sleep(3)  # the writer's last batch
             results["journaled_rows"] = journaled(url)
             results["load_average"] = os.getloadavg()
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
             upstream.stop()
     report(results, args.out)
 
