@@ -104,6 +104,21 @@ def journaled(url: str) -> int:
         engine.dispose()
 
 
+def proxies(tmp: Path, upstream: str, url: str) -> dict[str, Server]:
+    """The two servers (not started): per-user tokens in the database at `url`, the journal there or none."""
+    users = {"MTSAI_AUTH": "true", "AUTH_TYPE": "DB", "DB_URL": url}
+    journal = {
+        "LOGS": "True",
+        "KODIFY_JOURNAL_URL": make_url(url).render_as_string(hide_password=False),
+        "RUN_MIGRATIONS": "1",
+        "KODIFY_JOURNAL_BODIES": "false",
+    }
+    return {
+        "journal": kodify_proxy(tmp, upstreams_yaml(upstream), env={**users, **journal}, name="journal"),
+        "no-journal": kodify_proxy(tmp, upstreams_yaml(upstream), env=users, name="no-journal"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
@@ -119,17 +134,7 @@ def main() -> None:
         token = store.add("bench", None).token
         store.close()
         upstream = fake_upstream(tmp).start()
-        users = {"MTSAI_AUTH": "true", "AUTH_TYPE": "DB", "DB_URL": url}
-        journal = {
-            "LOGS": "True",
-            "KODIFY_JOURNAL_URL": make_url(url).render_as_string(hide_password=False),
-            "RUN_MIGRATIONS": "1",
-            "KODIFY_JOURNAL_BODIES": "false",
-        }
-        servers = {
-            "journal": kodify_proxy(tmp, upstreams_yaml(upstream.url), env={**users, **journal}, name="journal"),
-            "no-journal": kodify_proxy(tmp, upstreams_yaml(upstream.url), env=users, name="no-journal"),
-        }
+        servers = proxies(tmp, upstream.url, url)
         try:
             for server in servers.values():
                 server.start(timeout=180)
