@@ -53,19 +53,22 @@ async def send_error(send: Send, error: KodifyError, headers: Iterable[tuple[byt
     await send_bytes(send, error.status_code, error.render(), JSON, [*headers, *extra])
 
 
-async def read_body(receive: Receive, limit: int, timeout: float) -> bytes | None:
-    """The whole request body; None when the client left first; PayloadTooLarge past `limit` bytes, RequestTimeout
-    when it has not all arrived `timeout` seconds after we started reading (KODIFY_BODY_TIMEOUT)."""
+async def read_body(
+    receive: Receive, limit: int, timeout: float, setting: str = "KODIFY_MAX_BODY_BYTES"
+) -> bytes | None:
+    """The whole request body; None when the client left first; PayloadTooLarge past `limit` bytes (the `setting`
+    that says so), RequestTimeout when it has not all arrived `timeout` seconds after we started reading
+    (KODIFY_BODY_TIMEOUT)."""
     try:
         async with asyncio.timeout(timeout):
-            return await _read_all(receive, limit)
+            return await _read_all(receive, limit, setting)
     except TimeoutError:
         raise RequestTimeout(
             f"The request body did not arrive within {timeout:g} s (KODIFY_BODY_TIMEOUT); send the whole body at once"
         ) from None
 
 
-async def _read_all(receive: Receive, limit: int) -> bytes | None:
+async def _read_all(receive: Receive, limit: int, setting: str) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -75,9 +78,7 @@ async def _read_all(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(
-                f"The request body is larger than {limit} bytes (KODIFY_MAX_BODY_BYTES); send a smaller one"
-            )
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes ({setting}); send a smaller one")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

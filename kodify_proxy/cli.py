@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from kodify_proxy import logs
-from kodify_proxy.client_config import add_client_config_parser
+from kodify_proxy.client_config_cli import add_client_config_parser
 from kodify_proxy.env_types import parse_workers, resolve_workers
 from kodify_proxy.errors import StartupError
 from kodify_proxy.journal.commands import add_journal_parsers

@@ -1,27 +1,27 @@
 """`kodify-proxy client-config continue|kodify|tabby`: a ready config for each IDE client, built from what the running
-kodify-proxy serves (`GET /v1/models`: names and vLLM's `max_model_len`) and whether its chat model takes tools."""
+kodify-proxy serves (`GET /v1/models`: names and vLLM's `max_model_len`) and whether its chat model takes tools; with
+Continue's `data:` block, so the plugin reports the suggestions it showed and the developer accepted. Pure: the
+command that asks the proxy is client_config_cli.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import ssl
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import httpx
 import yaml
-
-from kodify_proxy.errors import read_error_body
 
 EXIT_FAILED = 1
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TOKEN_ENV = "KODIFY_TOKEN"
 PLACEHOLDER_TOKEN = "<token>"
 CLIENTS = ("continue", "kodify", "tabby")
+DevDataLevel = Literal["noCode", "all"]
+DEV_DATA_LEVELS: tuple[DevDataLevel, ...] = ("noCode", "all")
+# The dev-data events the usage report counts (acceptance.py), in the schema that has them all.
+DEV_DATA_EVENTS = ("autocomplete", "nextEditOutcome")
+DEV_DATA_SCHEMA = "0.2.0"
 # Budgets, each cut to fit the model's context: the autocomplete prompt and answer, the chat answer (Continue's
 # DEFAULT_MAX_TOKENS). 250 ms of debounce is tabby-agent's default interval, used for both clients.
 AUTOCOMPLETE_PROMPT_TOKENS = 1024
@@ -29,9 +29,6 @@ AUTOCOMPLETE_DEBOUNCE_MS = 250
 CHAT_MAX_TOKENS = 4096
 AUTOCOMPLETE_MAX_TOKENS = 256
 TABBY_MAX_LINES = 20  # tabby-agent's default maxPrefixLines / maxSuffixLines
-# The smallest request that tells whether vLLM runs with a tool parser: without `--enable-auto-tool-choice
-# --tool-call-parser` it answers 400 `"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser`.
-_PROBE_TOOL = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
 
 
 class ClientConfigError(Exception):
@@ -63,14 +60,21 @@ class ClientModels:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the client connects (base URL without /v1) and what it puts in its token field."""
+    """Where the client connects (base URL without /v1), what it puts in its token field, and how much of its
+    dev data it sends (Continue's `level`: noCode, or all with the code)."""
 
     url: str
     token: str
+    dev_data_level: DevDataLevel = "noCode"
 
     @property
     def api_base(self) -> str:
         return f"{self.url}/v1"
+
+
+def base_url(url: str) -> str:
+    """The proxy's base URL, given with or without `/v1` (a client's apiBase) and trailing slashes."""
+    return url.rstrip("/").removesuffix("/v1").rstrip("/")
 
 
 def choose_models(served: tuple[ServedModel, ...], tool_use: bool = False) -> ClientModels:
@@ -119,9 +123,22 @@ def _continue_entry(name: str, model: ServedModel, endpoint: Endpoint, roles: li
     return {**entry, "apiKey": endpoint.token, "roles": roles}
 
 
+def build_data_destination(endpoint: Endpoint) -> dict[str, Any]:
+    """Continue's `data:` entry: the events the acceptance report counts, posted to POST /v1/dev-data with the same
+    secret the models use (core/data/log.ts sends it as the Bearer token)."""
+    return {
+        "name": "kodify-proxy",
+        "destination": f"{endpoint.api_base}/dev-data",
+        "schema": DEV_DATA_SCHEMA,
+        "level": endpoint.dev_data_level,
+        "events": list(DEV_DATA_EVENTS),
+        "apiKey": endpoint.token,
+    }
+
+
 def build_continue_config(models: ClientModels, endpoint: Endpoint) -> dict[str, Any]:
     """Continue's config.yaml (schema v1): chat with tool use when the server takes tools, autocomplete fitted to
-    the context, embeddings when one is served."""
+    the context, embeddings when one is served, and the `data:` block reporting suggestions shown and accepted."""
     chat = _continue_entry("Kodify", models.chat, endpoint, ["chat", "edit", "apply"])
     if models.tool_use:
         chat["capabilities"] = ["tool_use"]
@@ -134,7 +151,8 @@ def build_continue_config(models: ClientModels, endpoint: Endpoint) -> dict[str,
     entries = [chat, auto]
     if models.embed is not None:
         entries.append(_continue_entry("Kodify embeddings", models.embed, endpoint, ["embed"]))
-    return {"name": "Kodify", "version": "1.0.0", "schema": "v1", "models": entries}
+    config = {"name": "Kodify", "version": "1.0.0", "schema": "v1", "models": entries}
+    return {**config, "data": [build_data_destination(endpoint)]}
 
 
 def _kodify_entry(
@@ -149,7 +167,8 @@ def _kodify_entry(
 
 def build_kodify_config(models: ClientModels, endpoint: Endpoint) -> dict[str, Any]:
     """The classic config.json the Kodify plugin's guide describes: `models`, `tabAutocompleteModel` with
-    `tabAutocompleteOptions`, `embeddingsProvider`; `capabilities.tools` where the server takes tools."""
+    `tabAutocompleteOptions`, `embeddingsProvider`; `capabilities.tools` where the server takes tools; `data`, as in
+    config.yaml (core/config/load.ts keeps config.json's `data` as it is)."""
     chat = _kodify_entry("Kodify", models.chat, endpoint, chat_max_tokens)
     if models.tool_use:
         chat["capabilities"] = {"tools": True}
@@ -163,7 +182,7 @@ def build_kodify_config(models: ClientModels, endpoint: Endpoint) -> dict[str, A
     if models.embed is not None:
         embed = {"provider": "openai", "model": models.embed.name, "apiBase": endpoint.api_base}
         config["embeddingsProvider"] = {**embed, "apiKey": endpoint.token}
-    return config
+    return {**config, "data": [build_data_destination(endpoint)]}
 
 
 def tabby_prompt_lines(context_length: int | None) -> int:
@@ -220,133 +239,29 @@ def render_client_config(client: str, models: ClientModels, endpoint: Endpoint) 
     return render_toml(build_tabby_config(models, endpoint))
 
 
-def client_token(client: str, token_env: str, with_token: bool, environ: dict[str, str]) -> str:
-    """What goes in the config's token field: the token itself only with --with-token; else Continue's secret
-    reference `${{ secrets.NAME }}` (config.yaml) or the `<token>` placeholder (config.json, config.toml)."""
-    if with_token:
-        token = environ.get(token_env, "")
-        if not token:
-            raise ClientConfigError(
-                f"--with-token: ${token_env} is empty; set it to a client token, or name the "
-                "variable holding one with --token-env"
-            )
-        return token
-    return f"${{{{ secrets.{token_env} }}}}" if client == "continue" else PLACEHOLDER_TOKEN
+@dataclass(frozen=True)
+class Credential:
+    """What `client-config` asks the proxy with, where it was found, and whether a client config may hold it."""
+
+    token: str | None
+    source: str  # for the note on stderr; never the token
+    for_clients: bool  # a client's token (or the one shared token); not the master key, which administers the server
 
 
-# --- asking the running proxy ------------------------------------------------------------------------------------
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The error's message, read by the project's one error-body parser; else the body's start, else the reason."""
-    return read_error_body(response.content).message or response.text[:300] or response.reason_phrase
-
-
-def _check(response: httpx.Response, what: str, token_env: str) -> None:
-    if response.status_code in (401, 403):
+def client_token(client: str, token_env: str, with_token: bool, credential: Credential) -> str:
+    """What goes in the config's token field: the token itself only with --with-token (and never the master key);
+    else Continue's secret reference `${{ secrets.NAME }}` (config.yaml) or the `<token>` placeholder (config.json,
+    config.toml)."""
+    if not with_token:
+        return f"${{{{ secrets.{token_env} }}}}" if client == "continue" else PLACEHOLDER_TOKEN
+    if credential.token is None:
         raise ClientConfigError(
-            f"kodify-proxy at {response.url.scheme}://{response.url.netloc.decode()} refused the token "
-            f"({response.status_code}) for {what}: set ${token_env} to a client token (docs/auth.md)"
+            f"--with-token: ${token_env} is empty; set it to a client token, or name the variable holding one "
+            "with --token-env"
         )
-    if response.status_code != 200:
-        raise ClientConfigError(f"kodify-proxy answered {what} with {response.status_code}: {_error_message(response)}")
-
-
-def fetch_served_models(client: httpx.Client, token_env: str) -> tuple[ServedModel, ...]:
-    """GET /v1/models: each model's name and vLLM's `max_model_len` (the proxy passes vLLM's entries through)."""
-    response = client.get("/v1/models")
-    _check(response, "GET /v1/models", token_env)
-    cards = response.json().get("data") or []
-    return tuple(
-        ServedModel(str(card["id"]), card.get("max_model_len") if isinstance(card.get("max_model_len"), int) else None)
-        for card in cards
-        if isinstance(card, dict) and "id" in card
-    )
-
-
-def probe_tool_use(client: httpx.Client, model: str, token_env: str) -> bool:
-    """One tiny chat with `tools` and tool_choice auto: 200 when vLLM runs with a tool parser, 400 naming the
-    missing `--enable-auto-tool-choice --tool-call-parser` when it does not."""
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-    response = client.post("/v1/chat/completions", json={**body, "tools": [_PROBE_TOOL], "tool_choice": "auto"})
-    if response.status_code == 400 and "tool" in _error_message(response):
-        return False
-    _check(response, "the tool-use probe (POST /v1/chat/completions with tools)", token_env)
-    return True
-
-
-def load_client_models(
-    url: str, token: str | None, token_env: str, cacert: str | None = None, timeout: float = 60.0
-) -> ClientModels:
-    """Ask kodify-proxy at `url` what it serves and whether its chat model takes tools (over HTTPS, verified against
-    the system's CAs, or `cacert`'s)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
-    except (OSError, ssl.SSLError) as exc:
+    if not credential.for_clients:
         raise ClientConfigError(
-            f"--cacert {cacert}: {exc.strerror or exc}; give a PEM file of CA certificates"
-        ) from None
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify) as client:
-            models = choose_models(fetch_served_models(client, token_env))
-            tool_use = probe_tool_use(client, models.chat.name, token_env)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise ClientConfigError(f"cannot reach kodify-proxy at {url} ({reason}); is it running? pass --url") from None
-    return ClientModels(models.chat, models.autocomplete, models.embed, tool_use)
-
-
-# --- the command -------------------------------------------------------------------------------------------------
-
-
-def _env_name(value: str) -> str:
-    if not value.isidentifier() or not value.isascii():
-        raise argparse.ArgumentTypeError(f"{value!r} is not an environment variable name (e.g. KODIFY_TOKEN)")
-    return value
-
-
-def cmd_client_config(args: argparse.Namespace) -> int:
-    """Print the config of args.client for kodify-proxy at args.url; one line on stderr and exit 1 on failure."""
-    url = args.url.rstrip("/")
-    try:
-        token = client_token(args.client, args.token_env, args.with_token, dict(os.environ))
-        models = load_client_models(url, os.environ.get(args.token_env), args.token_env, args.cacert)
-    except ClientConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    endpoint = Endpoint((args.client_url or url).rstrip("/"), token)
-    sys.stdout.write(render_client_config(args.client, models, endpoint))
-    return 0
-
-
-def add_client_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `client-config` on the main parser."""
-    parser = sub.add_parser(
-        "client-config",
-        help="print a ready IDE client config (Continue config.yaml, Kodify plugin config.json, tabby-agent "
-        "config.toml) from the running proxy's models",
-    )
-    parser.add_argument(
-        "client", choices=CLIENTS, help="continue: config.yaml; kodify: config.json; tabby: config.toml"
-    )
-    parser.add_argument("--url", default=DEFAULT_URL, help="the running kodify-proxy (default: %(default)s)")
-    parser.add_argument(
-        "--client-url", default=None, help="the address the IDEs reach kodify-proxy at, for the config (default: --url)"
-    )
-    parser.add_argument(
-        "--cacert", default=None, help="PEM CA certificates to verify an HTTPS --url with (KODIFY_TLS_*), as curl's"
-    )
-    parser.add_argument(
-        "--token-env",
-        type=_env_name,
-        default=DEFAULT_TOKEN_ENV,
-        help="the environment variable holding a client token, to ask the proxy with (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--with-token",
-        action="store_true",
-        help="write that token into the config (default: Continue's ${{ secrets.NAME }} reference to it in "
-        "config.yaml, a <token> placeholder in config.json and config.toml)",
-    )
-    parser.set_defaults(func=cmd_client_config)
+            f"--with-token: ${token_env} is empty and {credential.source} is not written into a client config (it "
+            f"administers the server); set ${token_env} to a user's token (kodify-proxy users add NAME)"
+        )
+    return credential.token

@@ -11,9 +11,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kodify_proxy.acceptance import Client, Suggestion
 from kodify_proxy.upstreams import Upstream
 
 STATUS_CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the response ended
+
+
+@dataclass(frozen=True)
+class DevEvent:
+    """What the journal keeps of a Continue dev-data event beyond the exchange's model, language and completion id."""
+
+    name: str
+    schema: str
+    response_id: str | None  # Continue's requestId: the id of our response the event is about
+    data_json: str  # the event's data without its code fields
 
 
 @dataclass
@@ -36,9 +47,12 @@ class Exchange:
     n: int | None = None
     stream: bool = False
     upstream: str | None = None
-    language: str | None = None  # Tabby completions and events: the file's language
-    completion_id: str | None = None  # Tabby: the completion this request made, or the one an event is about
+    language: str | None = None  # Tabby completions and events, dev-data events: the file's language
+    completion_id: str | None = None  # Tabby: the completion made, or the one an event names; Continue's completionId
     event: dict[str, Any] | None = None  # Tabby events: the event's fields
+    dev_event: DevEvent | None = None  # Continue's dev-data events (POST /v1/dev-data)
+    client: Client | None = None  # the plugin that sent it (Tabby's routes, dev data)
+    suggestion: Suggestion | None = None  # an event about a suggestion shown or accepted (acceptance.py)
     status: int | None = None
     content_type: str = ""
     response_body: bytearray = field(default_factory=bytearray)

@@ -169,7 +169,11 @@ class Gateway:
                 param="content-type",
             )
         settings = self.rt.settings
-        body = await read_body(call.receive, settings.max_body_bytes, settings.body_timeout)
+        if call.route.event:
+            limit, setting = settings.event_max_bytes, "KODIFY_EVENT_MAX_BYTES"
+        else:
+            limit, setting = settings.max_body_bytes, "KODIFY_MAX_BODY_BYTES"
+        body = await read_body(call.receive, limit, settings.body_timeout, setting)
         if body is None:
             call.exchange.disconnected = True
             return False

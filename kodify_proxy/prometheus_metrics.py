@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from kodify_proxy.acceptance import Client, Suggestion
 from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange
 
 # Autocompletion answers in tens of milliseconds, chat streams for many seconds.
@@ -83,6 +84,13 @@ class Metrics:
             "kodify_completion_events",
             "Tabby completion events (view, select, dismiss)",
             ["model", "language", "event"],
+            registry=own,
+        )
+        self.suggestions = Counter(
+            "kodify_suggestions",
+            "Suggestions the IDE plugins showed, by client, kind (autocomplete, next_edit) and outcome (shown, "
+            "accepted, aborted), from Tabby's events and Continue's dev data",
+            ["client", "kind", "outcome"],
             registry=own,
         )
         self.journal_queue = Gauge(
@@ -163,6 +171,14 @@ class Metrics:
         if exchange.event is not None and status < 400:
             language = exchange.language or UNKNOWN
             self.events.labels(model, language, str(exchange.event.get("type"))).inc()
+        if exchange.suggestion is not None and status < 400:
+            self._note_suggestion(exchange.suggestion, exchange.client)
+
+    def _note_suggestion(self, suggestion: Suggestion, client: Client | None) -> None:
+        """One event about a suggestion, in kodify_suggestions_total (acceptance.py says what it counts as)."""
+        name = client.metric_label if client is not None else "other"
+        for outcome in suggestion.outcomes():
+            self.suggestions.labels(name, suggestion.kind, outcome).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

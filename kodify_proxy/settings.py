@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = _env(
         "KODIFY_MAX_BODY_BYTES", "a whole number >= 1024 of bytes a request body may have", 32 << 20, ge=1024
     )
+    event_max_bytes: int = _env(
+        "KODIFY_EVENT_MAX_BYTES", "a whole number >= 1024 of bytes a client's event may have", 1 << 20, ge=1024
+    )
     body_timeout: float = _env(
         "KODIFY_BODY_TIMEOUT", "seconds > 0 a client may take to send a request's headers, then its body", 30.0, gt=0
     )

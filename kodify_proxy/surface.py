@@ -16,6 +16,7 @@ Kind = Literal[
     "tabby_health",
     "tabby_setting",
     "tabby_events",
+    "dev_data",
     "health",
     "liveness",
     "readiness",
@@ -35,6 +36,7 @@ class Route:
     journaled: bool = True
     json_body: bool = False  # the body is parsed (and must be JSON) before the route runs
     alias_of: str | None = None  # the same route under another path (the OpenAI ones without /v1)
+    event: bool = False  # a client's event (Tabby's, Continue's): its body is bounded by KODIFY_EVENT_MAX_BYTES
 
     @property
     def label(self) -> str:
@@ -47,13 +49,14 @@ def _post(path: str, kind: Kind) -> Route:
 
 
 def _tabby(path: str, kind: Kind, methods: frozenset[str]) -> tuple[Route, Route]:
-    body = kind in ("tabby_completions", "tabby_events")
-    return Route(path, methods, kind, json_body=body), Route("/tabby" + path, methods, kind, json_body=body)
+    body, event = kind in ("tabby_completions", "tabby_events"), kind == "tabby_events"
+    route = Route(path, methods, kind, json_body=body, event=event)
+    return route, replace(route, path="/tabby" + path)
 
 
 def _openai(route: Route) -> tuple[Route, Route]:
-    """An OpenAI route, and the same without its /v1 prefix, as LiteLLM serves them (a Continue `apiBase` or an SDK
-    `base_url` given without /v1 reaches them so)."""
+    """A route, and the same without its /v1 prefix, as LiteLLM serves the OpenAI ones (a Continue `apiBase`, an SDK
+    `base_url` or a `data:` destination given without /v1 reaches them so)."""
     return route, replace(route, path=route.path.removeprefix("/v1"), alias_of=route.path)
 
 
@@ -73,6 +76,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     *_tabby("/v1/health", "tabby_health", frozenset({"GET", "POST"})),
     *_tabby("/v1beta/server_setting", "tabby_setting", _GET),
     *_tabby("/v1/events", "tabby_events", _POST),
+    *_openai(Route("/v1/dev-data", _POST, "dev_data", json_body=True, event=True)),
     Route("/health", _GET, "health", auth="open", journaled=False),
     Route("/health/liveliness", _GET, "liveness", auth="open", journaled=False),
     Route("/health/liveness", _GET, "liveness", auth="open", journaled=False),

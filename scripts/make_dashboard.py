@@ -3,7 +3,9 @@
 Usage: .venv/bin/python scripts/make_dashboard.py   (tests/test_monitoring.py checks the file is up to date)
 
 Panels are described once here (title, PromQL, unit) and laid out two per row; the JSON is Grafana's dashboard
-schema (schemaVersion 39), with the Prometheus datasource of deploy/monitoring/grafana/provisioning.
+schema (schemaVersion 39), with the datasources of deploy/monitoring/grafana/provisioning: Prometheus, and the
+journal's PostgreSQL for acceptance per user and per model (Prometheus labels name no user: SQL over the journal,
+counted as `kodify-proxy usage` counts; tests/test_monitoring.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "deploy/monitoring/grafana/dashboards/kodify-proxy.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+JOURNAL = {"type": "postgres", "uid": "journal"}
 RATE = "[$__rate_interval]"
 
 
@@ -53,6 +56,17 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Suggestion acceptance by client and kind (accepted / shown, 1 h)",
+        "percentunit",
+        [
+            (
+                "{{client}} {{kind}}",
+                'sum by (client, kind) (increase(kodify_suggestions_total{outcome="accepted"}[1h])) / '
+                'sum by (client, kind) (increase(kodify_suggestions_total{outcome="shown"}[1h]))',
+            )
+        ],
+    ),
+    (
         "Requests whose client left first",
         "reqps",
         [("{{route}}", f"sum by (route) (rate(kodify_cancelled_requests_total{RATE}))")],
@@ -80,6 +94,58 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
 ]
+
+
+def _counted(kind: str, outcome: str) -> str:
+    return f"sum(CASE WHEN e.suggestion = '{kind}' AND e.{outcome} THEN 1 ELSE 0 END)"
+
+
+def acceptance_sql(key: str) -> str:
+    """Suggestions shown and accepted per `key` (an SQL expression over the event row `e` and its Tabby completion
+    `c`), as `kodify-proxy usage --by` counts them (journal/report.py, load_acceptance), in the dashboard's time range.
+    """
+    shown, accepted = _counted("autocomplete", "shown"), _counted("autocomplete", "accepted")
+    edits_shown, edits_accepted = _counted("next_edit", "shown"), _counted("next_edit", "accepted")
+    return (
+        f"SELECT {key} AS key, {shown} AS shown, {accepted} AS accepted, "
+        f"round(100.0 * {accepted} / nullif({shown}, 0), 1) AS acceptance_percent, "
+        f"{edits_shown} AS next_edits_shown, {edits_accepted} AS next_edits_accepted, "
+        f"round(100.0 * {edits_accepted} / nullif({edits_shown}, 0), 1) AS next_edit_acceptance_percent "
+        "FROM kodify_journal e LEFT JOIN kodify_journal c "
+        "ON c.completion_id = e.completion_id AND c.event_type IS NULL "
+        "WHERE e.suggestion IS NOT NULL AND $__timeFilter(e.started_at) "
+        "GROUP BY 1 ORDER BY 2 DESC, 1"
+    )
+
+
+# The journal's panels: (title, the key per row). A Tabby event's model is its completion's.
+SQL_PANELS: list[tuple[str, str]] = [
+    ("Acceptance per user (journal)", "coalesce(e.user_id, '-')"),
+    ("Acceptance per model (journal)", "coalesce(e.model, c.model, '-')"),
+]
+
+
+def sql_panel(index: int, title: str, key: str) -> dict[str, Any]:
+    """One table panel of the journal's SQL."""
+    return {
+        "id": index + 1,
+        "type": "table",
+        "title": title,
+        "datasource": JOURNAL,
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True},
+        "targets": [
+            {
+                "refId": "A",
+                "datasource": JOURNAL,
+                "format": "table",
+                "rawQuery": True,
+                "editorMode": "code",
+                "rawSql": acceptance_sql(key),
+            }
+        ],
+    }
 
 
 def panel(index: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict[str, Any]:
@@ -110,7 +176,8 @@ def dashboard() -> dict[str, Any]:
         "version": 1,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "panels": [panel(i, title, unit, targets) for i, (title, unit, targets) in enumerate(PANELS)],
+        "panels": [panel(i, title, unit, targets) for i, (title, unit, targets) in enumerate(PANELS)]
+        + [sql_panel(len(PANELS) + i, title, key) for i, (title, key) in enumerate(SQL_PANELS)],
     }
 
 

@@ -9,6 +9,7 @@ bash scripts/bootstrap.sh
 bash scripts/vllm-env.sh >/dev/null
 bash scripts/tabby-agent.sh >/dev/null
 bash scripts/continue-cli.sh >/dev/null
+bash scripts/continue-config-yaml.sh >/dev/null
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
 echo "== ruff"; .venv/bin/ruff check kodify_proxy tests bench scripts
 echo "== ruff format"; .venv/bin/ruff format --check kodify_proxy tests bench scripts

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.servers import REPO, Server
+from tests.test_dev_data import autocomplete, continue_bodies, run_node
 
 CLIENTS_DOC = REPO / "docs" / "clients.md"
 # A tested block is the fenced block right after its marker comment (invisible when the Markdown is rendered).
@@ -102,7 +103,8 @@ def test_every_client_config_block_is_there_and_parses() -> None:
         assert set(re.findall(r"<[a-z-]+>", text)) <= PLACEHOLDERS, name
     filled = {name: client_config(name, {**FAKE, "<kodify-proxy>": "http://kodify:8000"}) for name in BLOCKS}
     assert yaml.safe_load(filled["continue config.yaml"])["schema"] == "v1"
-    assert set(json.loads(filled["continue config.json"])) == {"models", "tabAutocompleteModel", "embeddingsProvider"}
+    classic = set(json.loads(filled["continue config.json"]))
+    assert classic == {"models", "tabAutocompleteModel", "embeddingsProvider", "data"}
     tabby = tomllib.loads(filled["tabby-agent config.toml"])
     assert tabby["server"] == {"endpoint": "http://kodify:8000", "token": FAKE["<token>"]}
     assert tabby["anonymousUsageTracking"] == {"disable": True}
@@ -156,3 +158,14 @@ def test_continue_fim_templates_follow_the_model_name() -> None:
     assert continue_fim("Qwen2.5-Coder-7B-Instruct", "a", "b")[0] == "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
     assert continue_fim("Qwen2.5-7B-Instruct", "a", "b")[0] == "<fim_prefix>a<fim_suffix>b<fim_middle>"
     assert continue_fim("tiny", "a", "b")[0] == "<fim_prefix>a<fim_suffix>b<fim_middle>"
+
+
+@pytest.mark.parametrize("config", CONTINUE_CONFIGS)
+def test_the_data_block_takes_continues_events(config: str, values: dict[str, str]) -> None:
+    text = client_config(config, values)
+    (data,) = json.loads(text)["data"] if config.endswith(".json") else yaml.safe_load(text)["data"]
+    if config.endswith(".yaml"):  # config-yaml's own schema takes the whole file
+        assert run_node({"mode": "config", "config": yaml.safe_load(text)})["data"] == [data]
+    bodies = continue_bodies([autocomplete("doc-1", True)], {k: data[k] for k in ("schema", "level", "events")})
+    headers = {"Authorization": f"Bearer {data['apiKey']}"}
+    assert [httpx.post(data["destination"], json=b, headers=headers, timeout=30).status_code for b in bodies] == [200]

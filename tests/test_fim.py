@@ -565,3 +565,24 @@ def test_relative_path_resolves_against_cwd_then_repo(tmp_path: Path) -> None:
     data = json.loads((Path(__file__).parent.parent / "preprocess_configs" / "qwen.json").read_text())
     (local / "qwen.json").write_text(json.dumps({**data, "name": "local-qwen"}))
     assert load_config("preprocess_configs/qwen.json", cwd=tmp_path).name == "local-qwen"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("src/app.py", "python"),
+        ("file:///home/dev/project/src/App.tsx", "typescript"),
+        ("C:\\work\\Main.java", "java"),
+        ("lib/parser.rs", "rust"),
+        ("notes/README.md", "md"),
+        ("Makefile", None),
+        (".bashrc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_path_language(path: str | None, expected: str | None) -> None:
+    assert fim.path_language(path) == expected
+    assert fim.language_label(fim.path_language(path), load_shipped("qwen")) == (
+        None if expected is None else expected if expected != "md" else "other"
+    )

@@ -23,7 +23,7 @@ from kodify_proxy.journal.commands import parse_since
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.html_report import (
     DayCount,
-    LanguageAcceptance,
+    GroupAcceptance,
     ModelTokens,
     ReportData,
     RouteLatency,
@@ -32,12 +32,13 @@ from kodify_proxy.journal.html_report import (
     render_report_html,
 )
 from kodify_proxy.journal.record import JournalRow
-from kodify_proxy.journal.report import UsageRow
+from kodify_proxy.journal.report import Acceptance, UsageRow
 from tests.journal_support import fill_journal, filled_journal
+from tests.servers import REPO
 
 BOB = '</script><b>bob</b> & "co"'  # a user name that must show as written, and break nothing
-CHAT, COMPLETIONS, EVENTS = "/v1/chat/completions", "/v1/completions", "/v1/events"
-CHARTS = ["requests", "latency", "tokens", "acceptance", "users"]
+CHAT, COMPLETIONS, EVENTS, DEV_DATA = "/v1/chat/completions", "/v1/completions", "/v1/events", "/v1/dev-data"
+CHARTS = ["requests", "latency", "tokens", "acceptance", "users", "user_acceptance", "model_acceptance"]
 
 
 def row(rid: str, when: str, user: str, route: str, latency: float, **fields: object) -> JournalRow:
@@ -74,19 +75,33 @@ ROWS = [
     row("e3", "02T10:05", BOB, EVENTS, 3, completion_id="cmpl-2", event_type="view"),
     row("e4", "02T10:06", "alice", EVENTS, 4, completion_id="cmpl-3", event_type="view"),
     row("e5", "02T10:07", BOB, EVENTS, 5, completion_id="cmpl-2", event_type="dismiss"),
+    # Continue's events carry their own model and language.
+    row("d1", "02T10:08", BOB, DEV_DATA, 2, model="m2", language="typescript", completion_id="cont-1",
+        event_type="autocomplete", event_schema="0.2.0", client="Continue", client_version="1.0.5",
+        suggestion="autocomplete", shown=True, accepted=True),
+    row("d2", "02T10:09", "alice", DEV_DATA, 4, model="m1", completion_id="cont-2", event_type="nextEditOutcome",
+        event_schema="0.2.0", client="Continue", suggestion="next_edit", shown=True, accepted=False, aborted=False),
 ]  # fmt: skip
 EXPECTED = ReportData(
     since=None,
-    total=UsageRow("TOTAL", 12, 1, 210, 59, 30.0, 245.0, shown=3, accepted=1),
-    days=(DayCount("2025-12-01", 3, 0), DayCount("2025-12-02", 9, 1)),
+    total=UsageRow("TOTAL", 14, 1, 210, 59, 7.5, 235.0, shown=4, accepted=2, next_edits_shown=1, next_edits_accepted=0),
+    days=(DayCount("2025-12-01", 3, 0), DayCount("2025-12-02", 11, 1)),
     routes=(
         RouteLatency(CHAT, 150.0, 285.0, 30.0, 39.0),
         RouteLatency(COMPLETIONS, 60.0, 69.0, 10.0, 10.0),
+        RouteLatency(DEV_DATA, 3.0, 3.9, None, None),
         RouteLatency(EVENTS, 3.0, 4.8, None, None),
     ),
-    models=(ModelTokens("m1", 120, 32), ModelTokens("m2", 90, 27)),  # the events (no model) left out
-    languages=(LanguageAcceptance("python", 2, 1), LanguageAcceptance("rust", 1, 0)),
-    users=(UserRequests("alice", 7, 0), UserRequests(BOB, 5, 1)),
+    models=(ModelTokens("m1", 120, 32), ModelTokens("m2", 90, 27)),  # the Tabby events (no model) left out
+    languages=(
+        GroupAcceptance("-", Acceptance(0, 0, 1, 0)),  # the next edit: Continue's noCode level sends no file
+        GroupAcceptance("python", Acceptance(2, 1)),
+        GroupAcceptance("rust", Acceptance(1, 0)),
+        GroupAcceptance("typescript", Acceptance(1, 1)),
+    ),
+    users=(UserRequests("alice", 8, 0), UserRequests(BOB, 6, 1)),
+    user_acceptance=(GroupAcceptance("alice", Acceptance(2, 1, 1, 0)), GroupAcceptance(BOB, Acceptance(2, 1))),
+    model_acceptance=(GroupAcceptance("m1", Acceptance(2, 1, 1, 0)), GroupAcceptance("m2", Acceptance(2, 1))),
 )
 EMPTY = ReportData(None, UsageRow("TOTAL", 0, 0, 0, 0, None, None), (), (), (), (), ())
 
@@ -115,11 +130,11 @@ def test_load_report_since(journal_url: str) -> None:
         engine.dispose()
     assert (data.since, data.total.requests, data.days) == (
         parse_since("2025-12-02"),
-        9,
-        (DayCount("2025-12-02", 9, 1),),
+        11,
+        (DayCount("2025-12-02", 11, 1),),
     )
     assert data.routes == (RouteLatency(CHAT, 10.0, 10.0, None, None), *EXPECTED.routes[1:])
-    assert data.users == (UserRequests("alice", 5, 0), UserRequests(BOB, 4, 1))
+    assert data.users == (UserRequests("alice", 6, 0), UserRequests(BOB, 5, 1))
 
 
 def test_the_page_shows_names_as_written_and_notes_an_empty_journal() -> None:
@@ -130,7 +145,8 @@ def test_the_page_shows_names_as_written_and_notes_an_empty_journal() -> None:
         assert "plotly.js v" in html and "<script src" not in html
     assert BOB not in page and "<b>bob" not in page
     assert (
-        "All requests: 12 (1 with an error), 210 prompt and 59 completion tokens; 3 Tabby completions shown, " in page
+        "All requests: 14 (1 with an error), 210 prompt and 59 completion tokens; 4 autocompletions shown, 2 "
+        "accepted; 1 next edits shown, 0 accepted." in page
     )
     assert "no requests for this period" in empty and "no requests for this period" not in page
     since = render_report_html(dataclasses.replace(EMPTY, since=parse_since("2025-12-02T08:30")))
@@ -142,7 +158,7 @@ def run_usage_html(url: str, page: Path, *args: str) -> subprocess.CompletedProc
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGS", "KODIFY_JOURNAL"))}
     return subprocess.run(
         [sys.executable, "-m", "kodify_proxy.cli", "usage", "--html", str(page), *args],
-        env={**env, "KODIFY_JOURNAL_URL": url},
+        env={**env, "KODIFY_JOURNAL_URL": url, "PYTHONPATH": str(REPO)},
         cwd=page.parent,
         capture_output=True,
         text=True,
@@ -156,7 +172,7 @@ def test_the_usage_command_writes_a_self_contained_page(journal_url: str, tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"usage report written to {page}\n"
     html = page.read_text(encoding="utf-8")
-    assert html.startswith("<!DOCTYPE html>") and "Requests since 2025-12-02 00:00 UTC: 9 (1 with an error)" in html
+    assert html.startswith("<!DOCTYPE html>") and "Requests since 2025-12-02 00:00 UTC: 11 (1 with an error)" in html
     assert not re.search(r"""src=["']?(https?:)?//""", html, re.IGNORECASE)  # no script or image from elsewhere
     assert not re.search(r"""<link[^>]*href=["']?(https?:)?//""", html, re.IGNORECASE)
 

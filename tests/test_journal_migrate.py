@@ -56,11 +56,28 @@ EVENT_COLUMNS = [  # added by 0002
     ("elapsed_ms", "integer", None, "YES"),
 ]
 TEXT_REPLACED_COLUMN = ("text_replaced", "boolean", None, "NO")  # added by 0003
+DEV_DATA_COLUMNS = [  # added by 0005
+    ("client", "character varying", 64, "YES"),
+    ("client_version", "character varying", 64, "YES"),
+    ("event_schema", "character varying", 32, "YES"),
+    ("suggestion", "character varying", 16, "YES"),
+    ("shown", "boolean", None, "YES"),
+    ("accepted", "boolean", None, "YES"),
+    ("aborted", "boolean", None, "YES"),
+    ("response_id", "character varying", 128, "YES"),
+    ("event_data", "text", None, "YES"),
+]
+COLUMNS_0003 = [*EXPECTED_COLUMNS, *EVENT_COLUMNS, TEXT_REPLACED_COLUMN]
+# 0005 widened event_type to Continue's event names.
+HEAD_EVENT_COLUMNS = [
+    ("event_type", "character varying", 64, "YES") if c[0] == "event_type" else c for c in EVENT_COLUMNS
+]
 NULLABLE_STATUS = ("status", "integer", None, "YES")  # 0004: a worker died before the response started
 HEAD_COLUMNS = [
     *(NULLABLE_STATUS if column[0] == "status" else column for column in EXPECTED_COLUMNS),
-    *EVENT_COLUMNS,
+    *HEAD_EVENT_COLUMNS,
     TEXT_REPLACED_COLUMN,
+    *DEV_DATA_COLUMNS,
 ]
 _INDEX = "INDEX {} ON public.kodify_journal USING btree ({})"
 EXPECTED_INDEXES = {
@@ -114,25 +131,25 @@ def columns(url: str) -> list[tuple[object, ...]]:
 def test_upgrade_and_downgrade_from_an_empty_postgresql(empty_db: str) -> None:
     url = parse_url(empty_db)
     assert current_revision(url) is None
-    assert upgrade(url) == head_revision() == "0004"
+    assert upgrade(url) == head_revision() == "0005"
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_journal", "kodify_alembic_version"}
     assert columns(empty_db) == HEAD_COLUMNS
     assert {
         row[0]: row[1]
         for row in query(empty_db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'kodify_journal'")
     } == HEAD_INDEXES
-    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0004",)]
-    assert upgrade(url) == "0004"  # a second upgrade is a no-op
+    assert query(empty_db, "SELECT version_num FROM kodify_alembic_version") == [("0005",)]
+    assert upgrade(url) == "0005"  # a second upgrade is a no-op
 
     assert downgrade(url) is None
     assert tables(empty_db) == {"LiteLLM_SpendLogs", "kodify_alembic_version"}
     assert query(empty_db, "SELECT count(*) FROM kodify_alembic_version") == [(0,)]
     assert query(empty_db, f"SELECT request_id FROM {LITELLM_TABLE}") == [("keep-me",)]
-    assert upgrade(url) == "0004"  # and back up again
+    assert upgrade(url) == "0005"  # and back up again
     assert columns(empty_db) == HEAD_COLUMNS
 
 
-def test_0002_to_0004_from_the_first_head_keep_the_rows(empty_db: str) -> None:
+def test_0002_to_0005_from_the_first_head_keep_the_rows(empty_db: str) -> None:
     url = parse_url(empty_db)
     assert upgrade(url, "0001") == "0001"
     assert columns(empty_db) == EXPECTED_COLUMNS
@@ -145,10 +162,12 @@ def test_0002_to_0004_from_the_first_head_keep_the_rows(empty_db: str) -> None:
     with engine.begin() as connection:
         connection.execute(sa.text(insert))
     engine.dispose()
-    assert upgrade(url) == "0004"
+    assert upgrade(url) == "0005"
     assert columns(empty_db) == HEAD_COLUMNS
-    names = ", ".join(name for name, *_ in [*EVENT_COLUMNS, TEXT_REPLACED_COLUMN])
-    assert query(empty_db, f"SELECT request_id, {names} FROM kodify_journal") == [("old-row", *[None] * 7, False)]
+    names = ", ".join(name for name, *_ in [*EVENT_COLUMNS, TEXT_REPLACED_COLUMN, *DEV_DATA_COLUMNS])
+    assert query(empty_db, f"SELECT request_id, {names} FROM kodify_journal") == [
+        ("old-row", *[None] * 7, False, *[None] * 9)
+    ]
     engine = sa.create_engine(empty_db)
     with engine.begin() as connection:
         connection.execute(sa.text(insert.replace("'old-row'", "'no-status'").replace(", 200,", ", NULL,")))
@@ -166,6 +185,42 @@ def test_0002_to_0004_from_the_first_head_keep_the_rows(empty_db: str) -> None:
     ]
 
 
+def _insert_events(url: str, events: list[tuple[str, str]]) -> None:
+    values = ", ".join(
+        f"('{rid}', now(), 'POST', '/v1/events', 200, false, 1.0, 0, false, 0, false, {event})" for rid, event in events
+    )
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO kodify_journal (request_id, started_at, method, route, status, stream, latency_ms, "
+                "request_bytes, request_body_truncated, response_bytes, response_body_truncated, event_type) "
+                f"VALUES {values}"
+            )
+        )
+    engine.dispose()
+
+
+def test_0005_counts_the_tabby_events_journaled_before_and_goes_back_down(empty_db: str) -> None:
+    url = parse_url(empty_db)
+    assert upgrade(url, "0003") == "0003"
+    assert columns(empty_db) == COLUMNS_0003
+    _insert_events(empty_db, [("v", "'view'"), ("s", "'select'"), ("d", "'dismiss'"), ("c", "NULL")])
+    assert upgrade(url) == "0005"
+    assert query(
+        empty_db, "SELECT request_id, client, suggestion, shown, accepted, aborted FROM kodify_journal ORDER BY 1"
+    ) == [
+        ("c", None, None, None, None, None),
+        ("d", "Tabby", None, None, None, None),
+        ("s", "Tabby", "autocomplete", False, True, None),
+        ("v", "Tabby", "autocomplete", True, False, None),
+    ]
+    _insert_events(empty_db, [("n", "'nextEditWithHistory'")])  # 19 characters: a Continue event name
+    assert downgrade(url, "0003") == "0003"
+    assert columns(empty_db) == COLUMNS_0003
+    assert query(empty_db, "SELECT event_type FROM kodify_journal WHERE request_id = 'n'") == [("nextEditWithHist",)]
+
+
 def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
     upgrade(parse_url(empty_db))
     engine = sa.create_engine(empty_db)
@@ -179,7 +234,7 @@ def test_the_models_match_the_migrated_schema(empty_db: str) -> None:
 
 def test_upgrade_and_downgrade_sqlite(tmp_path: Path) -> None:
     url = parse_url(f"sqlite:///{tmp_path / 'deep' / 'journal.db'}")
-    assert upgrade(url) == "0004"
+    assert upgrade(url) == "0005"
     engine = sa.create_engine(url)
     with engine.connect() as connection:
         names = [r[1] for r in connection.execute(sa.text("PRAGMA table_info(kodify_journal)"))]
@@ -231,7 +286,7 @@ def test_kodify_proxy_migrate(empty_db: str, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "kodify_proxy.cli", "migrate"]
     done = run(cli, {"KODIFY_JOURNAL_URL": empty_db}, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"journal schema is at revision 0004 in {sa.make_url(empty_db)}"
+    assert done.stdout.strip() == f"journal schema is at revision 0005 in {sa.make_url(empty_db)}"
     assert columns(empty_db) == HEAD_COLUMNS
 
 

@@ -294,7 +294,7 @@ def test_every_api_request_is_journaled_and_health_probes_are_not(journaled: tup
 def test_the_proxy_said_where_the_journal_goes(journaled: tuple[Server, str]) -> None:
     proxy, _ = journaled
     log = proxy.log_text()
-    assert "Journal schema is at revision 0004" in log
+    assert "Journal schema is at revision 0005" in log
     assert "Journal on: postgresql+psycopg://postgres@127.0.0.1:5432/" in log
     assert "Journal database unavailable" not in log
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from kodify_proxy.journal.commands import parse_since
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import JournalRow
-from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, render_usage
+from kodify_proxy.journal.report import Acceptance, UsageRow, load_acceptance, load_usage, percentile, render_usage
 from tests.journal_support import filled_journal
+from tests.servers import REPO
 
 
 def row(
@@ -118,9 +120,136 @@ def tabby_url(
 def test_shown_and_accepted_completions(tabby_url: str, by: str | None, expected: dict[str, tuple[int, int]]) -> None:
     engine = journal_engine(parse_url(tabby_url))
     try:
-        assert load_acceptance(engine, by) == expected  # type: ignore[arg-type]
+        assert load_acceptance(engine, by) == {  # type: ignore[arg-type]
+            key: Acceptance(*counts) for key, counts in expected.items()
+        }
     finally:
         engine.dispose()
+
+
+def continued(rid: str, user: str, event: str, **fields: object) -> JournalRow:
+    """A Continue dev-data event as the route journals it (Continue 1.0.5, model m2, from a TypeScript file)."""
+    values: dict[str, object] = {"model": "m2", "language": "typescript", "client_version": "1.0.5"} | fields
+    return JournalRow(
+        request_id=rid,
+        started_at=datetime.fromisoformat("2025-11-30T10:00:00+00:00"),
+        user_id=user,
+        method="POST",
+        route="/v1/dev-data",
+        status=200,
+        latency_ms=1,
+        event_type=event,
+        event_schema="0.2.0",
+        client="Continue",
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def autocompleted(rid: str, user: str, accepted: bool) -> JournalRow:
+    return continued(rid, user, "autocomplete", suggestion="autocomplete", shown=True, accepted=accepted)
+
+
+def next_edited(rid: str, user: str, accepted: bool, aborted: bool = False) -> JournalRow:
+    counted = {"shown": not aborted, "accepted": accepted and not aborted, "aborted": aborted}
+    return continued(rid, user, "nextEditOutcome", suggestion="next_edit", language=None, **counted)
+
+
+# Both plugins, two users: carol on Tabby (tabby-agent 1.9.0-dev), dave on Continue 1.0.5.
+SEEN = {"client": "Tabby", "client_version": "1.9.0-dev"}
+MIXED_ROWS = [
+    tabby("mt1", "2025-11-30T09:00:00+00:00", "cmpl-m", model="m1", language="python", **SEEN),
+    tabby("me1", "2025-11-30T09:00:01+00:00", "cmpl-m", "view", **SEEN),
+    tabby("me2", "2025-11-30T09:00:02+00:00", "cmpl-m", "select", **SEEN),
+    autocompleted("ca1", "dave", True),
+    autocompleted("ca2", "dave", False),
+    autocompleted("ca3", "dave", False),
+    next_edited("cn1", "dave", True),
+    next_edited("cn2", "dave", False),
+    next_edited("cn3", "dave", False, aborted=True),
+    continued("ct1", "dave", "tokensGenerated", model="m2", language=None),
+]
+# (requests, shown, accepted, next edits shown, next edits accepted) per group.
+MIXED = {
+    "client": {"Continue/1.0.5": (7, 3, 1, 2, 1), "Tabby/1.9.0-dev": (3, 1, 1, 0, 0)},
+    "user": {"carol": (3, 1, 1, 0, 0), "dave": (7, 3, 1, 2, 1)},
+    # Requests by their own model; a Tabby event's counts go to its completion's (as the language's do).
+    "model": {"-": (2, 0, 0, 0, 0), "m1": (1, 1, 1, 0, 0), "m2": (7, 3, 1, 2, 1)},
+    "language": {"-": (6, 0, 0, 2, 1), "python": (1, 1, 1, 0, 0), "typescript": (3, 3, 1, 0, 0)},
+}
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def mixed_url(
+    request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with filled_journal(request.param, MIXED_ROWS, database_url, tmp_path_factory.mktemp("mixed-report")) as url:
+        yield url
+
+
+@pytest.mark.parametrize("by", sorted(MIXED))
+def test_one_report_for_both_plugins(mixed_url: str, by: str) -> None:
+    engine = journal_engine(parse_url(mixed_url))
+    try:
+        rows = load_usage(engine, by)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+    got = {r.key: (r.requests, r.shown, r.accepted, r.next_edits_shown, r.next_edits_accepted) for r in rows}
+    assert got == MIXED[by]
+
+
+def test_usage_json_by_client(mixed_url: str, tmp_path: Path) -> None:
+    done = usage_command(mixed_url, tmp_path, "--by", "client", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {
+            "client": "Continue/1.0.5",
+            "requests": 7,
+            "errors": 0,
+            "limited": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "p50_ms": 1.0,
+            "p95_ms": 1.0,
+            "shown": 3,
+            "accepted": 1,
+            "acceptance": 1 / 3,
+            "next_edits_shown": 2,
+            "next_edits_accepted": 1,
+            "next_edit_acceptance": 0.5,
+        },
+        {
+            "client": "Tabby/1.9.0-dev",
+            "requests": 3,
+            "errors": 0,
+            "limited": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "p50_ms": 5.0,
+            "p95_ms": 5.0,
+            "shown": 1,
+            "accepted": 1,
+            "acceptance": 1.0,
+            "next_edits_shown": 0,
+            "next_edits_accepted": 0,
+            "next_edit_acceptance": None,
+        },
+    ]
+
+
+def test_a_tabby_event_spooled_before_0005_counts_as_the_migration_counts_the_stored_ones() -> None:
+    old: dict[str, object] = {
+        "request_id": "o",
+        "started_at": "2025-11-28T10:00:00+00:00",
+        "method": "POST",
+        "route": "/v1/events",
+    }
+    old |= {"status": 200, "latency_ms": 1.0, "event_type": "select", "completion_id": "cmpl-o"}
+    row = JournalRow.model_validate(old)
+    assert (row.client, row.suggestion, row.shown, row.accepted) == ("Tabby", "autocomplete", False, True)
+    dismissed = JournalRow.model_validate({**old, "event_type": "dismiss"})
+    assert (dismissed.client, dismissed.suggestion) == (None, None)
+    stored = JournalRow.model_validate(row.model_dump())  # a row of this version is taken as it is
+    assert stored == row
 
 
 def test_acceptance_in_the_usage_report(tabby_url: str) -> None:
@@ -165,7 +294,10 @@ def test_429s_per_user(kind: str, database_url: str, tmp_path: Path) -> None:
 
 
 def test_render_usage_shows_acceptance() -> None:
-    rows = [UsageRow("python", 4, 0, 0, 0, 5.0, 5.0, shown=4, accepted=1), UsageRow("go", 1, 0, 0, 0, None, None)]
+    rows = [
+        UsageRow("python", 4, 0, 0, 0, 5.0, 5.0, shown=4, accepted=1, next_edits_shown=3, next_edits_accepted=2),
+        UsageRow("go", 1, 0, 0, 0, None, None),
+    ]
     text = render_usage(rows, rows[:1], "language")
     assert text.splitlines()[0].split() == [
         "language",
@@ -179,8 +311,12 @@ def test_render_usage_shows_acceptance() -> None:
         "shown",
         "accepted",
         "acceptance",
+        "next_edits_shown",
+        "next_edits_accepted",
+        "next_edit_acceptance",
     ]
-    assert text.splitlines()[1].split()[-3:] == ["4", "1", "25.0%"] and text.splitlines()[2].split()[-1] == "-"
+    assert text.splitlines()[1].split()[-6:] == ["4", "1", "25.0%", "3", "2", "66.7%"]
+    assert text.splitlines()[2].split()[-6:] == ["0", "0", "-", "0", "0", "-"]
 
 
 def test_render_usage() -> None:
@@ -190,7 +326,10 @@ def test_render_usage() -> None:
         "m2            1       1        0              0                  0    30.0    30.0      0         0",
         "TOTAL         5       2        0             13                  6    20.0    38.0      0         0",
     ]
-    acceptance = ["  acceptance", "           -", "           -", "           -"]
+    acceptance = [
+        "  acceptance  next_edits_shown  next_edits_accepted  next_edit_acceptance",
+        *["           -                 0                    0                     -"] * 3,
+    ]
     expected = "".join(line + tail + "\n" for line, tail in zip(lines, acceptance, strict=True))
     assert render_usage(BY_MODEL, TOTAL, "model") == expected
 
@@ -211,24 +350,31 @@ def test_parse_since() -> None:
         parse_since("yesterday")
 
 
-def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
+def usage_command(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kodify-proxy usage ARGS` on the journal at `url`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGS", "KODIFY_JOURNAL"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "kodify_proxy.cli", "usage", "--by", "user", "--since", "2025-11-27"],
-        env={**env, "KODIFY_JOURNAL_URL": journal_url},
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "kodify_proxy.cli", "usage", *args],
+        env={**env, "KODIFY_JOURNAL_URL": url, "PYTHONPATH": str(REPO)},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_usage_command(journal_url: str, tmp_path: Path) -> None:
+    done = usage_command(journal_url, tmp_path, "--by", "user", "--since", "2025-11-27")
     assert done.returncode == 0, done.stderr
     header = "user requests errors limited prompt_tokens completion_tokens p50_ms p95_ms shown accepted acceptance"
+    header += " next_edits_shown next_edits_accepted next_edit_acceptance"
+    nothing = ["0", "0", "-", "0", "0", "-"]
     assert [line.split() for line in done.stdout.splitlines()] == [
         header.split(),
-        ["-", "1", "1", "0", "0", "0", "1.0", "1.0", "0", "0", "-"],
-        ["alice", "2", "1", "0", "7", "2", "25.0", "29.5", "0", "0", "-"],
-        ["bob", "1", "0", "0", "1", "1", "40.0", "40.0", "0", "0", "-"],
-        ["TOTAL", "4", "2", "0", "8", "3", "25.0", "38.5", "0", "0", "-"],
+        ["-", "1", "1", "0", "0", "0", "1.0", "1.0", *nothing],
+        ["alice", "2", "1", "0", "7", "2", "25.0", "29.5", *nothing],
+        ["bob", "1", "0", "0", "1", "1", "40.0", "40.0", *nothing],
+        ["TOTAL", "4", "2", "0", "8", "3", "25.0", "38.5", *nothing],
     ]
 
 

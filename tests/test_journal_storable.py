@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kodify_proxy.acceptance import Client
 from kodify_proxy.database import parse_url
-from kodify_proxy.exchange import Exchange
+from kodify_proxy.exchange import DevEvent, Exchange
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.migrate import upgrade
 from kodify_proxy.journal.record import INT_MAX, INT_MIN, BodyPolicy, JournalRow, build_row, storable_text
@@ -45,6 +46,10 @@ def exchanges(draw: st.DrawFn) -> Exchange:
     texts: dict[str, Any] = {name: draw(st.none() | HOSTILE) for name in TEXT_FIELDS}
     event = {name: draw(st.none() | HOSTILE) for name in EVENT_TEXT}
     body = draw(HOSTILE).encode("utf-8", "surrogatepass")  # invalid UTF-8 when it holds surrogates
+    plugin: dict[str, Any] = {"client": Client(draw(HOSTILE), draw(st.none() | HOSTILE))}
+    if draw(st.booleans()):  # a Continue dev-data event instead of Tabby's
+        schema, response_id, data_json = (draw(HOSTILE) for _ in range(3))
+        plugin["dev_event"] = DevEvent(event.pop("event_type") or "", schema, response_id, data_json)
     return Exchange(
         request_id=f"hyp-{next(_ids)}",
         method="POST",
@@ -63,8 +68,14 @@ def exchanges(draw: st.DrawFn) -> Exchange:
         prompt_tokens=draw(st.none() | HUGE_INT),
         completion_tokens=draw(st.none() | HUGE_INT),
         n=draw(st.none() | HUGE_INT),
-        event={"type": event.pop("event_type"), **event, "choice_index": draw(HUGE_INT), "elapsed": draw(HUGE_INT)},
+        event={
+            "type": event.pop("event_type", None),
+            **event,
+            "choice_index": draw(HUGE_INT),
+            "elapsed": draw(HUGE_INT),
+        },
         **texts,
+        **plugin,
     )
 
 
@@ -133,6 +144,21 @@ def test_every_row_built_from_hostile_input_is_stored_whole_in_both_databases(
             check_row(exchange, row, stored[row.request_id])
 
 
+def plugin_texts(exchange: Exchange) -> list[tuple[str, int | None, str | None]]:
+    """(column, its length, the text sent) of a Tabby or Continue event and its client."""
+    tabby = exchange.event or {}
+    found: list[tuple[str, int | None, str | None]] = [
+        ("select_kind", 32, tabby.get("select_kind")),
+        ("view_id", 128, tabby.get("view_id")),
+    ]
+    assert exchange.client is not None
+    found += [("client", 64, exchange.client.name), ("client_version", 64, exchange.client.version)]
+    if (dev := exchange.dev_event) is None:
+        return [*found, ("event_type", 64, tabby.get("type"))]
+    texts = [("event_type", 64, dev.name), ("event_schema", 32, dev.schema), ("response_id", 128, dev.response_id)]
+    return [*found, *texts, ("event_data", None, dev.data_json)]
+
+
 def check_row(exchange: Exchange, row: JournalRow, stored: dict[str, Any]) -> None:
     """Text that was storable comes back as sent; text that was not is marked; numbers fit their columns."""
     limits = {"model": 255, "user_id": 255, "key_alias": 255, "route": 512, "upstream": 512, "language": 64}
@@ -144,8 +170,7 @@ def check_row(exchange: Exchange, row: JournalRow, stored: dict[str, Any]) -> No
         replaced |= original is not None and storable_text(original, limits[name])[1]
         if want is not None and (want or name != "error_message"):  # an empty message is no message
             assert stored[name] == want, name
-    for name, limit in (("event_type", 16), ("select_kind", 32), ("view_id", 128)):
-        original = (exchange.event or {}).get("type" if name == "event_type" else name)
+    for name, limit, original in plugin_texts(exchange):
         want = expected_text(original, limit)
         replaced |= original is not None and storable_text(original, limit)[1]
         if want is not None:

@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
 
+from kodify_proxy.database import parse_url
+from kodify_proxy.journal.database import journal_engine
+from kodify_proxy.journal.report import Grouping, load_acceptance
 from kodify_proxy.prometheus_metrics import Metrics, UpstreamsUp
+from tests.journal_support import filled_journal
 from tests.servers import REPO
 from tests.test_deploy import compose_binary
+from tests.test_journal_report import MIXED_ROWS, TABBY_ROWS
 
 MONITORING = REPO / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "kodify-proxy.json"
@@ -41,16 +47,21 @@ def dashboard() -> dict[str, Any]:
 
 
 def expressions() -> list[str]:
-    return [target["expr"] for panel in dashboard()["panels"] for target in panel["targets"]]
+    """Every PromQL query of the dashboard (the journal's panels are SQL)."""
+    return [target["expr"] for panel in dashboard()["panels"] for target in panel["targets"] if "expr" in target]
 
 
-def test_the_dashboard_file_is_what_the_script_makes() -> None:
+def make_dashboard() -> Any:
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import make_dashboard
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    assert DASHBOARD.read_text() == make_dashboard.render(), "run scripts/make_dashboard.py"
+    return make_dashboard
+
+
+def test_the_dashboard_file_is_what_the_script_makes() -> None:
+    assert DASHBOARD.read_text() == make_dashboard().render(), "run scripts/make_dashboard.py"
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
@@ -73,6 +84,7 @@ def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
     wanted = {name for expr in expressions() for name in re.findall(r"\b(kodify_[a-z_]+)", expr)}
     assert wanted and wanted <= exposed
     covered = {"requests", "duration", "time_to_first_token", "tokens", "completion_events", "upstream_up", "journal"}
+    covered.add("suggestions")
     assert all(any(part in name for name in wanted) for part in covered)
 
 
@@ -153,3 +165,38 @@ def test_the_compose_prometheus_gets_the_metrics_token_as_a_secret(tmp_path: Pat
     jobs = yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"]
     kodify = next(job for job in jobs if job["job_name"] == "kodify-proxy")
     assert kodify["authorization"]["credentials_file"] == "/run/secrets/" + secret["target"]
+
+
+def test_the_journal_panels_count_acceptance_as_usage_does(database_url: str, tmp_path: Path) -> None:
+    panels = [panel for panel in dashboard()["panels"] if panel["datasource"]["uid"] == "journal"]
+    assert [panel["title"] for panel in panels] == ["Acceptance per user (journal)", "Acceptance per model (journal)"]
+    (source,) = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/journal.yml").read_text())["datasources"]
+    assert (source["uid"], source["type"]) == (panels[0]["datasource"]["uid"], panels[0]["datasource"]["type"])
+    rows = [*TABBY_ROWS, *MIXED_ROWS]  # both plugins, Tabby's events with and without their completion journaled
+    with filled_journal("postgresql", rows, database_url, tmp_path) as url:
+        engine = journal_engine(parse_url(url))
+        try:
+            groupings: tuple[Grouping, ...] = ("user", "model")
+            for panel, by in zip(panels, groupings, strict=True):
+                # Grafana's macro, for a range holding every row
+                sql = panel["targets"][0]["rawSql"].replace(
+                    "$__timeFilter(e.started_at)", "e.started_at > '2000-01-01'"
+                )
+                with engine.connect() as connection:
+                    got = {row[0]: (row[1], row[2], row[4], row[5]) for row in connection.execute(sa.text(sql))}
+                want = {
+                    key: (c.shown, c.accepted, c.next_edits_shown, c.next_edits_accepted)
+                    for key, c in load_acceptance(engine, by).items()
+                }
+                assert got == want and len(want) >= 2, by
+        finally:
+            engine.dispose()
+
+
+def test_the_compose_grafana_reads_the_journal(tmp_path: Path) -> None:
+    grafana = monitoring_model(tmp_path, "LOGS=True\nLOGS_DB_PASSWORD=journal-secret\n")["services"]["grafana"]
+    assert {name: grafana["environment"][name] for name in ("LOGS_DB_HOST", "LOGS_DB_NAME", "LOGS_DB_PASSWORD")} == {
+        "LOGS_DB_HOST": "postgres",
+        "LOGS_DB_NAME": "kodify",
+        "LOGS_DB_PASSWORD": "journal-secret",
+    }

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kodify_proxy.acceptance import Client, continue_suggestion, tabby_suggestion
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.prometheus_metrics import Metrics
 from kodify_proxy.settings import SettingsError, load_settings
@@ -30,6 +31,7 @@ FAMILIES = {
     "kodify_upstream_up",
     "kodify_upstream_in_flight",
     "kodify_completion_events",
+    "kodify_suggestions",
     "kodify_journal_queue_rows",
     "kodify_journal_spool_bytes",
     "kodify_journal_rows_written",
@@ -73,6 +75,37 @@ def test_one_record_counts_in_each_family() -> None:
     assert found[("kodify_request_duration_seconds_bucket", (("le", "0.05"), ("model", "m"), route))] == 2
     labels = (("event", "select"), ("language", "python"), ("model", "m"))
     assert found[("kodify_completion_events_total", labels)] == 1
+
+
+def test_suggestions_count_every_plugin_the_same_way() -> None:
+    metrics = Metrics(lambda: {"m"})
+    tabby, cont = Client("Tabby", "1.9.0-dev"), Client("Continue", "1.0.5")
+    for kind in ("view", "select", "dismiss"):
+        metrics.observe(exchange(route="/v1/events", client=tabby, suggestion=tabby_suggestion(kind)))
+    for name, data in [
+        ("autocomplete", {"accepted": True}),
+        ("autocomplete", {"accepted": False}),
+        ("nextEditOutcome", {"accepted": True, "aborted": False}),
+        ("nextEditOutcome", {"aborted": True}),
+        ("tokensGenerated", {}),
+    ]:
+        metrics.observe(exchange(route="/v1/dev-data", client=cont, suggestion=continue_suggestion(name, data)))
+    refused = continue_suggestion("autocomplete", {"accepted": True})
+    metrics.observe(exchange(route="/v1/dev-data", client=Client("Kodify"), suggestion=refused, status=401))
+    found = {
+        tuple(value for _, value in labels): count
+        for (name, labels), count in samples(metrics.render().decode()).items()
+        if name == "kodify_suggestions_total"
+    }
+    assert found == {  # labels sorted by name: client, kind, outcome
+        ("tabby", "autocomplete", "shown"): 1,
+        ("tabby", "autocomplete", "accepted"): 1,
+        ("continue", "autocomplete", "shown"): 2,
+        ("continue", "autocomplete", "accepted"): 1,
+        ("continue", "next_edit", "shown"): 1,
+        ("continue", "next_edit", "accepted"): 1,
+        ("continue", "next_edit", "aborted"): 1,
+    }
 
 
 def test_buckets_suit_autocompletion_and_chat() -> None:
@@ -152,6 +185,9 @@ def send_every_kind(client: httpx.Client, scraped: Server) -> None:
     for kind in ("view", "select"):
         event = {"type": kind, "completion_id": completion["id"], "choice_index": 0}
         assert client.post("/v1/events", json=event).status_code == 200
+    data = {"accepted": True, "modelName": "fake-model", "userAgent": "VSCode/1.96.2 (Continue/1.0.5)"}
+    continued = {"name": "autocomplete", "data": data, "schema": "0.2.0", "level": "noCode"}
+    assert client.post("/v1/dev-data", json=continued).status_code == 200
     abandon_sync(scraped.url + "/v1/completions", {"model": "fake-model", "prompt": "DRIP:3"}, after=0.3)
     time.sleep(0.5)
 
@@ -177,6 +213,9 @@ def test_a_real_prometheus_counts_what_was_sent(scraped: Server, tmp_path: Path)
         assert query(port, tokens) == 3 * 11  # the fake's 3 tokens, for 8 completions and 3 chats
         events = 'kodify_completion_events_total{model="fake-model",language="python"'
         assert query(port, events + ',event="view"}') == 1 and query(port, events + ',event="select"}') == 1
+        suggestions = 'kodify_suggestions_total{kind="autocomplete",'
+        assert query(port, suggestions + 'client="tabby",outcome="shown"}') == 1
+        assert query(port, suggestions + 'client="continue",outcome="accepted"}') == 1
         assert query(port, "kodify_upstream_up") == 1
         assert query(port, "kodify_journal_queue_rows") == 0
     finally:
@@ -188,7 +227,7 @@ def test_no_user_or_token_is_a_label(scraped: Server) -> None:
     text = httpx.get(scraped.url + "/metrics").text
     assert {family.name for family in text_string_to_metric_families(text)} >= FAMILIES
     labels = {name for family in text_string_to_metric_families(text) for s in family.samples for name in s.labels}
-    assert labels <= {"route", "model", "status", "kind", "upstream", "language", "event", "le"}
+    assert labels <= {"route", "model", "status", "kind", "upstream", "language", "event", "le", "client", "outcome"}
     assert "anonymous" not in text
 
 

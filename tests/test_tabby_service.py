@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kodify_proxy import fim
 from kodify_proxy.errors import ModelNotFound, UpstreamFailed
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.preprocess import load_shipped
@@ -22,7 +23,6 @@ from kodify_proxy.tabby.service import (
     build_event,
     build_openai_body,
     build_response,
-    language_label,
     read_answer,
     tabby_model,
 )
@@ -128,7 +128,7 @@ def test_the_model_is_config_ymls_else_the_first_served_else_a_clear_503() -> No
     ("language", "label"), [("python", "python"), ("typescriptreact", "typescript"), ("cobol", "other"), (None, None)]
 )
 def test_language_labels(language: str | None, label: str | None) -> None:
-    assert language_label(language, QWEN) == label
+    assert fim.language_label(language, QWEN) == label
 
 
 def test_an_event_is_recorded_as_tabby_logs_it() -> None:

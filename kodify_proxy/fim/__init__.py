@@ -172,6 +172,22 @@ def normalize_language(language: str | None) -> str | None:
     return LANGUAGE_ALIASES.get(lowered, lowered)
 
 
+def language_label(language: str | None, config: PreprocessingConfig) -> str | None:
+    """A client's language id as the configs spell it, if the config knows it ("other" if not; None if none)."""
+    normalized = normalize_language(language)
+    if normalized is None:
+        return None
+    return normalized if normalized in config.languages else "other"
+
+
+def path_language(path: str | None) -> str | None:
+    """The language id of a file's path or URI by its extension (`file:///src/app.tsx` -> `typescript`); None
+    without one (`Makefile`, `.bashrc`)."""
+    name = (path or "").rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    stem, dot, extension = name.partition("?")[0].rpartition(".")
+    return normalize_language(extension) if dot and stem else None
+
+
 def trim_prefix(text: str, budget: int) -> str:
     """The last whole lines of `text` that fit in `budget` characters; a longer cursor line keeps its end."""
     if len(text) <= budget:

@@ -1,9 +1,10 @@
 """The journal's subcommands: `kodify-proxy migrate` and
-`kodify-proxy usage [--since DATE] [--by user|model|language|day] [--html FILE]`."""
+`kodify-proxy usage [--since DATE] [--by user|model|language|day|client] [--json | --html FILE]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +27,20 @@ def add_journal_parsers(sub: Any) -> None:
     migrate = sub.add_parser("migrate", help="create or upgrade the journal tables (alembic upgrade head)")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
     migrate.set_defaults(func=cmd_migrate)
-    usage = sub.add_parser("usage", help="requests, errors, tokens and p50/p95 latency from the journal")
+    usage = sub.add_parser(
+        "usage",
+        help="requests, errors, tokens, p50/p95 latency and the suggestions every plugin showed and had accepted, "
+        "from the journal",
+    )
     usage.add_argument("--since", type=parse_since, default=None, help="from this date/time on (UTC); default: all")
-    usage.add_argument("--by", choices=GROUPINGS, default="user", help="one line per user, model, language or day")
     usage.add_argument(
+        "--by", choices=GROUPINGS, default="user", help="one line per user, model, language, day or client (version)"
+    )
+    output = usage.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="print the lines as a JSON list of objects, for scripts and dashboards"
+    )
+    output.add_argument(
         "--html",
         type=Path,
         default=None,
@@ -62,7 +73,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     from kodify_proxy.database import reason, render_url
     from kodify_proxy.journal.database import journal_engine, journal_url
-    from kodify_proxy.journal.report import load_usage, render_usage
+    from kodify_proxy.journal.report import load_usage, render_usage, usage_objects
     from kodify_proxy.settings import load_settings
 
     try:
@@ -88,6 +99,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        sys.stdout.write(json.dumps(usage_objects(rows, args.by), indent=2) + "\n")
+        return 0
     if args.html is None:
         sys.stdout.write(render_usage(rows, total, args.by))
         return 0

@@ -15,7 +15,15 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select
 
 from kodify_proxy.journal.models import journal
-from kodify_proxy.journal.report import UsageRow, load_acceptance, load_usage, percentile, since_filter
+from kodify_proxy.journal.report import (
+    Acceptance,
+    Grouping,
+    UsageRow,
+    load_acceptance,
+    load_usage,
+    percentile,
+    since_filter,
+)
 
 TOP_USERS = 10
 NO_KEY = "-"  # load_usage's group of requests without a user (failed auth) or a model
@@ -51,17 +59,22 @@ class ModelTokens:
 
 
 @dataclass(frozen=True)
-class LanguageAcceptance:
-    """Tabby completions shown (view events) and accepted (select events) in one language."""
+class GroupAcceptance:
+    """Suggestions shown and accepted in one group (a language, a user, a model), from every plugin's events."""
 
-    language: str
-    shown: int
-    accepted: int
+    key: str
+    counts: Acceptance
 
     @property
     def acceptance(self) -> float | None:
-        """Accepted per shown completion; None when nothing was shown."""
-        return self.accepted / self.shown if self.shown else None
+        """Accepted per shown autocompletion; None when none was shown."""
+        return self.counts.accepted / self.counts.shown if self.counts.shown else None
+
+    @property
+    def next_edit_acceptance(self) -> float | None:
+        """Accepted per next edit shown; None when none was shown."""
+        shown = self.counts.next_edits_shown
+        return self.counts.next_edits_accepted / shown if shown else None
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,10 @@ class ReportData:
     days: tuple[DayCount, ...]
     routes: tuple[RouteLatency, ...]
     models: tuple[ModelTokens, ...]
-    languages: tuple[LanguageAcceptance, ...]
+    languages: tuple[GroupAcceptance, ...]
     users: tuple[UserRequests, ...]  # the TOP_USERS busiest, busiest first
+    user_acceptance: tuple[GroupAcceptance, ...] = ()  # the TOP_USERS shown most suggestions, most first
+    model_acceptance: tuple[GroupAcceptance, ...] = ()
 
 
 def _rounded(value: Any) -> float | None:
@@ -133,7 +148,6 @@ def load_report(engine: Engine, since: datetime | None = None) -> ReportData:
     """The page's data: per day, route, model (requests naming none left out), language and the busiest users."""
     by_user = sorted(load_usage(engine, "user", since), key=lambda r: (-r.requests, r.key))[:TOP_USERS]
     by_model = [r for r in load_usage(engine, "model", since) if r.key != NO_KEY]
-    acceptance = sorted(load_acceptance(engine, "language", since).items())
     return ReportData(
         since=since,
         total=load_usage(engine, None, since)[0],
@@ -142,9 +156,19 @@ def load_report(engine: Engine, since: datetime | None = None) -> ReportData:
         models=tuple(
             sorted((ModelTokens(r.key, r.prompt_tokens, r.completion_tokens) for r in by_model), key=lambda m: m.model)
         ),
-        languages=tuple(LanguageAcceptance(language, *counts) for language, counts in acceptance),
+        languages=tuple(sorted(_acceptance(engine, "language", since), key=lambda g: g.key)),
         users=tuple(UserRequests(r.key, r.requests, r.errors) for r in by_user),
+        user_acceptance=tuple(_most_shown(_acceptance(engine, "user", since))[:TOP_USERS]),
+        model_acceptance=tuple(sorted(_acceptance(engine, "model", since), key=lambda g: g.key)),
     )
+
+
+def _acceptance(engine: Engine, by: Grouping, since: datetime | None) -> list[GroupAcceptance]:
+    return [GroupAcceptance(key, counts) for key, counts in load_acceptance(engine, by, since).items()]
+
+
+def _most_shown(groups: list[GroupAcceptance]) -> list[GroupAcceptance]:
+    return sorted(groups, key=lambda g: (-(g.counts.shown + g.counts.next_edits_shown), g.key))
 
 
 def _labels(values: Sequence[str]) -> list[str]:
@@ -207,14 +231,31 @@ def _tokens_figure(data: ReportData) -> Any:
     return _figure(traces, not models, xaxis=_CATEGORY, yaxis_title="tokens", barmode="stack")
 
 
-def _acceptance_figure(data: ReportData) -> Any:
-    rates = [None if a.acceptance is None else round(a.acceptance * 100, 1) for a in data.languages]
-    counts = [f"{a.accepted}/{a.shown}" for a in data.languages]
-    bars = _bars(
-        "acceptance", _labels([a.language for a in data.languages]), rates, text=counts, textposition="outside"
-    )
-    axis = {"title": "accepted per shown", "ticksuffix": "%", "range": [0, 110]}
-    return _figure([bars], not data.languages, xaxis=_CATEGORY, yaxis=axis, showlegend=False)
+def _rate(value: float | None) -> float | None:
+    return None if value is None else round(value * 100, 1)
+
+
+def _acceptance_figure(groups: Sequence[GroupAcceptance]) -> Any:
+    """Autocompletions and next edits accepted per shown, one pair of bars per group, `accepted/shown` on each."""
+    names = _labels([g.key for g in groups])
+    traces = [
+        _bars(
+            "autocompletions",
+            names,
+            [_rate(g.acceptance) for g in groups],
+            text=[f"{g.counts.accepted}/{g.counts.shown}" for g in groups],
+            textposition="outside",
+        ),
+        _bars(
+            "next edits",
+            names,
+            [_rate(g.next_edit_acceptance) for g in groups],
+            text=[f"{g.counts.next_edits_accepted}/{g.counts.next_edits_shown}" for g in groups],
+            textposition="outside",
+        ),
+    ]
+    axis = {"title": "accepted per shown", "ticksuffix": "%", "range": [0, 115]}
+    return _figure(traces, not groups, xaxis=_CATEGORY, yaxis=axis, barmode="group")
 
 
 def _users_figure(data: ReportData) -> Any:
@@ -233,8 +274,14 @@ def build_figures(data: ReportData) -> list[tuple[str, str, Any]]:
         ("requests", "Requests and errors per day (UTC)", _requests_figure(data)),
         ("latency", "Latency and time to first token (streams) per route", _latency_figure(data)),
         ("tokens", "Tokens per model", _tokens_figure(data)),
-        ("acceptance", "Acceptance of Tabby completions per language (accepted / shown)", _acceptance_figure(data)),
+        ("acceptance", "Acceptance per language, every plugin (accepted / shown)", _acceptance_figure(data.languages)),
         ("users", f"Top {TOP_USERS} users by requests", _users_figure(data)),
+        (
+            "user_acceptance",
+            f"Acceptance per user (the {TOP_USERS} shown most suggestions)",
+            _acceptance_figure(data.user_acceptance),
+        ),
+        ("model_acceptance", "Acceptance per model", _acceptance_figure(data.model_acceptance)),
     ]
 
 
@@ -300,8 +347,8 @@ def render_summary(data: ReportData) -> str:
     total = data.total
     return (
         f"{scope}: {total.requests} ({total.errors} with an error), {total.prompt_tokens} prompt and "
-        f"{total.completion_tokens} completion tokens; {total.shown} Tabby completions shown, "
-        f"{total.accepted} accepted."
+        f"{total.completion_tokens} completion tokens; {total.shown} autocompletions shown, {total.accepted} "
+        f"accepted; {total.next_edits_shown} next edits shown, {total.next_edits_accepted} accepted."
     )
 
 

@@ -1,4 +1,5 @@
-"""The journal's SQLAlchemy table: one row per API request (Tabby events too); Alembic migrations create it."""
+"""The journal's SQLAlchemy table: one row per API request (Tabby's and Continue's events too); Alembic migrations
+create it."""
 
 from __future__ import annotations
 
@@ -39,13 +40,24 @@ journal = Table(
     # Tabby completions and their events (migration 0002): a completion's id is the one its events name.
     Column("completion_id", String(64)),
     Column("language", String(64)),
-    Column("event_type", String(16)),  # view | select | dismiss; NULL for every other request
+    Column("event_type", String(64)),  # Tabby: view | select | dismiss; Continue: the event's name (0005: widened)
     Column("choice_index", Integer),
     Column("select_kind", String(32)),
     Column("view_id", String(128)),
     Column("elapsed_ms", Integer),
     # Migration 0003: the row's text held code points no database stores (lone surrogates); they were replaced.
     Column("text_replaced", Boolean, nullable=False, server_default=false()),
+    # Migration 0005: Continue's dev-data events, and whether an event row counts as a suggestion shown or accepted
+    # (acceptance.py, for Tabby's events and Continue's alike).
+    Column("client", String(64)),  # Tabby, Continue, ...: from the User-Agent or the event's userAgent
+    Column("client_version", String(64)),
+    Column("event_schema", String(32)),  # Continue's data schema (0.1.0, 0.2.0); NULL for Tabby's events
+    Column("suggestion", String(16)),  # autocomplete | next_edit; NULL for rows that are no suggestion's event
+    Column("shown", Boolean),
+    Column("accepted", Boolean),
+    Column("aborted", Boolean),  # Continue's next edits: the suggestion shown was then aborted
+    Column("response_id", String(128)),  # Continue's requestId: the id of our response the event is about
+    Column("event_data", Text),  # the event's JSON without its code fields (dev_data.CODE_FIELDS)
     Index("ix_kodify_journal_started_at", "started_at"),
     Index("ix_kodify_journal_user_id", "user_id"),
     Index("ix_kodify_journal_model", "model"),

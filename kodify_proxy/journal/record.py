@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from kodify_proxy.acceptance import TABBY, tabby_suggestion
 from kodify_proxy.errors import read_error_body
-from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, Exchange, whole_number
+from kodify_proxy.exchange import STATUS_CLIENT_CLOSED, DevEvent, Exchange, whole_number
 
 # How much of a response is kept to find the error type when bodies are not kept.
 ERROR_PARSE_BYTES = 16 << 10
@@ -28,10 +29,15 @@ _MAX_CHARS = {
     "error_type": 128,
     "completion_id": 64,
     "language": 64,
-    "event_type": 16,
+    "event_type": 64,
     "select_kind": 32,
     "view_id": 128,
     "error_message": ERROR_MESSAGE_CHARS,
+    "client": 64,
+    "client_version": 64,
+    "event_schema": 32,
+    "suggestion": 16,
+    "response_id": 128,
 }
 CLIENT_DISCONNECTED = "client_disconnected"
 UNSTORABLE = "journal_unstorable"  # a row kept as its minimal version (`minimal_row`)
@@ -89,6 +95,15 @@ class JournalRow(BaseModel):
     view_id: str | None = None
     elapsed_ms: int | None = None
     text_replaced: bool = False  # some text held code points no database stores; they were replaced by U+FFFD
+    client: str | None = None
+    client_version: str | None = None
+    event_schema: str | None = None
+    suggestion: str | None = None
+    shown: bool | None = None
+    accepted: bool | None = None
+    aborted: bool | None = None
+    response_id: str | None = None
+    event_data: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -100,12 +115,29 @@ class JournalRow(BaseModel):
         cleaned = dict(data)
         for name, value in data.items():
             if isinstance(value, str):
-                text, replaced = storable_text(value, _MAX_CHARS.get(name))
+                limit = _MAX_CHARS.get(name)
+                if value.isascii() and "\x00" not in value and (limit is None or len(value) <= limit):
+                    continue  # the common case, storable as it is: no scan (isascii is O(1) in CPython)
+                text, replaced = storable_text(value, limit)
                 cleaned[name] = text
                 cleaned["text_replaced"] = replaced or bool(cleaned.get("text_replaced"))
             elif name in _INTEGER_COLUMNS and whole_number(value) is not None:
                 cleaned[name] = clamped(value)
         return cleaned
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tabby_event_counted(cls, data: Any) -> Any:
+        # A Tabby event row made before migration 0005 (an old spool stored after an upgrade) names only its type:
+        # it counts as acceptance.py counts Tabby's events, as the migration counted the rows already stored.
+        if not isinstance(data, dict) or "suggestion" in data or data.get("event_schema") is not None:
+            return data
+        event_type = data.get("event_type")
+        suggestion = tabby_suggestion(event_type) if isinstance(event_type, str) else None
+        if suggestion is None:
+            return data
+        counted = {"suggestion": suggestion.kind, "shown": suggestion.shown, "accepted": suggestion.accepted}
+        return {"client": TABBY, **data, **counted}
 
     @field_validator("started_at", mode="after")
     @classmethod
@@ -257,11 +289,11 @@ def build_row(exchange: Exchange, policy: BodyPolicy) -> JournalRow:
         response_body_truncated=response_cut,
         completion_id=exchange.completion_id,
         language=exchange.language,
-        **_event_fields(exchange.event),
+        **(_tabby_fields(exchange.event) | _continue_fields(exchange.dev_event) | _plugin_fields(exchange)),
     )
 
 
-def _event_fields(event: dict[str, Any] | None) -> dict[str, Any]:
+def _tabby_fields(event: dict[str, Any] | None) -> dict[str, Any]:
     """A Tabby event's own fields, as their columns hold them."""
     if event is None:
         return {}
@@ -272,3 +304,26 @@ def _event_fields(event: dict[str, Any] | None) -> dict[str, Any]:
         "view_id": event.get("view_id"),
         "elapsed_ms": whole_number(event.get("elapsed")),
     }
+
+
+def _continue_fields(event: DevEvent | None) -> dict[str, Any]:
+    """A Continue dev-data event's own fields."""
+    if event is None:
+        return {}
+    return {
+        "event_type": event.name,
+        "event_schema": event.schema,
+        "response_id": event.response_id,
+        "event_data": event.data_json,
+    }
+
+
+def _plugin_fields(exchange: Exchange) -> dict[str, Any]:
+    """The client, and whether the row counts as a suggestion shown or accepted (acceptance.py)."""
+    fields: dict[str, Any] = {}
+    if exchange.client is not None:
+        fields |= {"client": exchange.client.name, "client_version": exchange.client.version}
+    if (suggestion := exchange.suggestion) is not None:
+        fields |= {"suggestion": suggestion.kind, "shown": suggestion.shown, "accepted": suggestion.accepted}
+        fields["aborted"] = suggestion.aborted
+    return fields

@@ -1,5 +1,6 @@
 """The usage report from the journal: requests, errors (and of them the requests a limit refused), tokens, p50/p95
-latency, and how many Tabby completions were shown and accepted, by user, model, language or day."""
+latency, and how many suggestions every plugin showed and the developers accepted (autocompletions from Tabby's and
+Continue's events, Continue's next edits; acceptance.py says what counts), by user, model, language, day or client."""
 
 from __future__ import annotations
 
@@ -14,9 +15,19 @@ from sqlalchemy import ColumnElement, Engine, FromClause, Select, and_, case, fu
 
 from kodify_proxy.journal.models import journal
 
-Grouping = Literal["user", "model", "language", "day"]
-GROUPINGS: tuple[Grouping, ...] = ("user", "model", "language", "day")
+Grouping = Literal["user", "model", "language", "day", "client"]
+GROUPINGS: tuple[Grouping, ...] = ("user", "model", "language", "day", "client")
 TOTAL = "TOTAL"
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Suggestions shown and accepted in one group: autocompletions (every plugin) and next edits (Continue)."""
+
+    shown: int = 0
+    accepted: int = 0
+    next_edits_shown: int = 0
+    next_edits_accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -30,14 +41,21 @@ class UsageRow:
     completion_tokens: int
     p50_ms: float | None
     p95_ms: float | None
-    shown: int = 0  # Tabby `view` events
-    accepted: int = 0  # Tabby `select` events
+    shown: int = 0  # autocompletions shown: Tabby `view` events, Continue `autocomplete` events
+    accepted: int = 0  # autocompletions accepted: Tabby `select`, Continue `autocomplete` with accepted: true
     limited: int = 0  # requests refused by a limit (429, counted among the errors too)
+    next_edits_shown: int = 0  # Continue `nextEditOutcome` events not aborted
+    next_edits_accepted: int = 0
 
     @property
     def acceptance(self) -> float | None:
-        """Accepted per shown completion; None when nothing was shown."""
+        """Accepted per shown autocompletion; None when nothing was shown."""
         return self.accepted / self.shown if self.shown else None
+
+    @property
+    def next_edit_acceptance(self) -> float | None:
+        """Accepted per next edit shown; None when none was shown."""
+        return self.next_edits_accepted / self.next_edits_shown if self.next_edits_shown else None
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -57,6 +75,9 @@ def _key(
         return literal(TOTAL)
     if by == "user":
         return func.coalesce(rows.c.user_id, "-")
+    if by == "client":  # Continue/1.0.5; the name alone when the client did not say its version
+        versioned = rows.c.client + "/" + rows.c.client_version
+        return func.coalesce(versioned, rows.c.client, "-")
     if by in ("model", "language"):
         fallback = [about.c[by]] if about is not None else []
         return func.coalesce(rows.c[by], *fallback, "-")
@@ -99,27 +120,29 @@ def _python_percentiles(
     return {group: (percentile(sorted(v), 0.5), percentile(sorted(v), 0.95)) for group, v in latencies.items()}
 
 
-def load_acceptance(engine: Engine, by: Grouping | None, since: datetime | None = None) -> dict[str, tuple[int, int]]:
-    """Group -> (shown, accepted): Tabby's view and select events, each joined to the completion it names."""
+def _count(rows: FromClause, kind: str, outcome: str) -> ColumnElement[Any]:
+    """How many of the rows are suggestions of `kind` counted as `outcome` (shown, accepted)."""
+    return func.sum(case((and_(rows.c.suggestion == kind, rows.c[outcome].is_(True)), 1), else_=0))
+
+
+def load_acceptance(engine: Engine, by: Grouping | None, since: datetime | None = None) -> dict[str, Acceptance]:
+    """Group -> suggestions shown and accepted, from every plugin's events; a Tabby event joined to the completion it
+    names for the model and language it does not carry itself."""
     events, completions = journal.alias("events"), journal.alias("completions")
     key = _key(by, engine.dialect.name, events, completions)
     joined = events.outerjoin(
         completions, and_(completions.c.completion_id == events.c.completion_id, completions.c.event_type.is_(None))
     )
-    query = (
-        select(
-            key.label("key"),
-            func.sum(case((events.c.event_type == "view", 1), else_=0)).label("shown"),
-            func.sum(case((events.c.event_type == "select", 1), else_=0)).label("accepted"),
-        )
-        .select_from(joined)
-        .where(events.c.event_type.is_not(None))
-        .group_by(key)
-    )
+    counts = [
+        _count(events, kind, outcome).label(f"{kind}_{outcome}")
+        for kind in ("autocomplete", "next_edit")
+        for outcome in ("shown", "accepted")
+    ]
+    query = select(key.label("key"), *counts).select_from(joined).where(events.c.suggestion.is_not(None)).group_by(key)
     if since is not None:
         query = query.where(events.c.started_at >= since.astimezone(UTC))
     with engine.connect() as connection:
-        return {str(row.key): (int(row.shown), int(row.accepted)) for row in connection.execute(query)}
+        return {str(row[0]): Acceptance(*(int(value) for value in row[1:])) for row in connection.execute(query)}
 
 
 def _rounded(value: Any) -> float | None:
@@ -137,7 +160,7 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
     report = []
     for row in rows:
         p50, p95 = (row["p50_ms"], row["p95_ms"]) if in_database else outside.get(str(row["key"]), (None, None))
-        shown, accepted = acceptance.get(str(row["key"]), (0, 0))
+        counted = acceptance.get(str(row["key"]), Acceptance())
         report.append(
             UsageRow(
                 str(row["key"]),
@@ -147,9 +170,11 @@ def load_usage(engine: Engine, by: Grouping | None, since: datetime | None = Non
                 int(row["completion_tokens"]),
                 _rounded(p50),
                 _rounded(p95),
-                shown,
-                accepted,
+                counted.shown,
+                counted.accepted,
                 int(row["limited"] or 0),
+                counted.next_edits_shown,
+                counted.next_edits_accepted,
             )
         )
     if by is None and not report:
@@ -168,7 +193,14 @@ _HEADERS = (
     "shown",
     "accepted",
     "acceptance",
+    "next_edits_shown",
+    "next_edits_accepted",
+    "next_edit_acceptance",
 )
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
 def _cells(row: UsageRow) -> list[str]:
@@ -186,7 +218,10 @@ def _cells(row: UsageRow) -> list[str]:
         shown(row.p95_ms),
         str(row.shown),
         str(row.accepted),
-        "-" if row.acceptance is None else f"{row.acceptance * 100:.1f}%",
+        _percent(row.acceptance),
+        str(row.next_edits_shown),
+        str(row.next_edits_accepted),
+        _percent(row.next_edit_acceptance),
     ]
 
 
@@ -200,3 +235,27 @@ def render_usage(rows: Sequence[UsageRow], total: Sequence[UsageRow], by: Groupi
         rest = [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
         lines.append("  ".join([first, *rest]).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def usage_objects(rows: Sequence[UsageRow], by: Grouping) -> list[dict[str, Any]]:
+    """`usage --json`: one object per group, its key under the grouping's name; rates are fractions (null: nothing
+    shown). The TOTAL line is left out: a script sums the groups."""
+    return [
+        {
+            by: row.key,
+            "requests": row.requests,
+            "errors": row.errors,
+            "limited": row.limited,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "p50_ms": row.p50_ms,
+            "p95_ms": row.p95_ms,
+            "shown": row.shown,
+            "accepted": row.accepted,
+            "acceptance": row.acceptance,
+            "next_edits_shown": row.next_edits_shown,
+            "next_edits_accepted": row.next_edits_accepted,
+            "next_edit_acceptance": row.next_edit_acceptance,
+        }
+        for row in rows
+    ]

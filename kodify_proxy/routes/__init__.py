@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, get_args
 
 from kodify_proxy.call import Call
-from kodify_proxy.routes import health, metrics, openai, tabby
+from kodify_proxy.routes import dev_data, health, metrics, openai, tabby
 from kodify_proxy.runtime import Runtime
 from kodify_proxy.surface import Kind
 
@@ -25,6 +25,7 @@ HANDLERS: Final[dict[Kind, Handler]] = {
     "tabby_health": tabby.health,
     "tabby_setting": tabby.server_setting,
     "tabby_events": tabby.events,
+    "dev_data": dev_data.events,
     "health": health.serve,
     "liveness": health.liveness,
     "readiness": health.readiness,

@@ -8,7 +8,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from kodify_proxy import litellm_handoff
+from kodify_proxy import acceptance, litellm_handoff
+from kodify_proxy.asgi import header
 from kodify_proxy.call import Call
 from kodify_proxy.lane.routing import tabby_key
 from kodify_proxy.lane.upstream import UpstreamRequest
@@ -28,6 +29,7 @@ def is_tabby_body(data: dict[str, Any]) -> bool:
 async def completions(rt: Runtime, call: Call) -> None:
     """POST /v1/completions (Tabby body), /tabby/v1/completions: FIM prompt, one completion, post-processed."""
     request = validate(CompletionRequest, call.data or {}, what="Tabby completion request ", hint=_COMPLETION_HINT)
+    call.exchange.client = acceptance.tabby_client(header(call.scope, b"user-agent"))
     key = tabby_key(call.identity.user_id, request.segments.filepath, request.segments.git_url)
 
     async def through_lane(model: str, body: bytes) -> bytes:
@@ -63,5 +65,6 @@ async def events(rt: Runtime, call: Call) -> None:
         LogEventRequest, call.data or {}, what="Tabby event ", hint="; type is one of view, select, dismiss"
     )
     query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
+    call.exchange.client = acceptance.tabby_client(header(call.scope, b"user-agent"))
     rt.tabby.note_event(event, (query.get("select_kind") or [None])[0], call.exchange)
     await call.reply(200, b"", content_type=None)

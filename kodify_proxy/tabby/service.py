@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from kodify_proxy import fim
+from kodify_proxy import acceptance, fim
 from kodify_proxy.errors import KodifyError, UpstreamFailed, UpstreamUnavailable
 from kodify_proxy.exchange import Exchange, note_usage
 from kodify_proxy.fim import post as fim_post
@@ -168,14 +168,6 @@ def build_event(request: LogEventRequest, select_kind: str | None) -> dict[str, 
     }
 
 
-def language_label(language: str | None, config: PreprocessingConfig) -> str | None:
-    """A client's language id as the configs spell it, if the config knows it ("other" if not; None if none)."""
-    normalized = fim.normalize_language(language)
-    if normalized is None:
-        return None
-    return normalized if normalized in config.languages else "other"
-
-
 @dataclass(frozen=True)
 class Served:
     """What a Tabby completion was: for its later view/select/dismiss events."""
@@ -215,7 +207,7 @@ class TabbyService:
         """One completion: the model and prompt chosen, the upstream asked through `fetch`, the answer made Tabby's
         and noted (usage, id, language) in `exchange`."""
         model = tabby_model(self.monitor)
-        exchange.model, exchange.language = model, language_label(request.language, self.config)
+        exchange.model, exchange.language = model, fim.language_label(request.language, self.config)
         self.monitor.check_model(model)
         body, built = build_openai_body(request, model, self.config)
         answer = read_answer(await fetch(model, orjson.dumps(body)))
@@ -228,6 +220,7 @@ class TabbyService:
     def note_event(self, request: LogEventRequest, select_kind: str | None, exchange: Exchange) -> None:
         """A view/select/dismiss event, recorded under the model and language of the completion it is about."""
         exchange.event = build_event(request, select_kind)
+        exchange.suggestion = acceptance.tabby_suggestion(request.type)
         exchange.completion_id = request.completion_id
         served = self.recent.get(request.completion_id)
         if served is not None:

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import SERVED_MODEL
-from tests.journal_support import fresh_database, wait_for_rows
+from tests.journal_support import fresh_database, journal_rows, wait_for_rows
 from tests.servers import REPO, Server, kodify_proxy, upstreams_yaml
 from tests.test_clients_doc import client_config
 
@@ -223,6 +224,11 @@ def test_cn_answers_through_kodify_proxy_from_vllm(
     sent = json.loads(chat["request_body"])
     assert sent["tools"] and sent["stream"] is True  # what vLLM refuses without tool calling
     assert {(m["role"], m["content"]) for m in sent["messages"]} >= {("user", command[3])}
+    # cn took the config's `data:` block (config-yaml's schema checks it: a bad one stops cn), and sends no dev data:
+    # only core/data/log.ts's DataLogger does, in the IDE extensions (cn 1.5.47's bundle has no logDevData, and
+    # extensions/cli never calls it). tests/test_dev_data.py posts the IDE's events as log.ts builds them.
+    time.sleep(2)  # a fire-and-forget POST cn might have made would be journaled by now
+    assert [row["route"] for row in journal_rows(continue_journal) if "dev-data" in row["route"]] == []
 
 
 if __name__ == "__main__":

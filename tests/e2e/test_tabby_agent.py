@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kodify_proxy import fim
 from kodify_proxy.fim import post as fim_post
@@ -116,10 +117,27 @@ def test_tabby_agent_over_lsp_gets_a_completion_from_vllm(
     assert text == direct_text(vllm, request, e2e_config(), max_tokens=4)
 
 
-def test_tabby_agent_events_and_full_context(agent_cli: Path, relay: RecordingRelay, tmp_path: Path) -> None:
+def tabby_suggestions(proxy: Server) -> dict[str, float]:
+    """kodify_suggestions_total of Tabby's autocompletions by outcome, read with the master key."""
+    text = httpx.get(proxy.url + "/metrics", headers={"Authorization": f"Bearer {proxy.master_key()}"}).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "kodify_suggestions_total" and sample.labels["client"] == "tabby"
+    }
+
+
+def test_tabby_agent_events_and_full_context(
+    agent_cli: Path, relay: RecordingRelay, tabby_vllm_proxy: Server, tmp_path: Path
+) -> None:
     # tabby-agent 1.5.0 posts events only in its JSON-lines mode (its LSP server has no telemetry request).
     write_agent_config(tmp_path, relay.url, TOKEN)
+    before = tabby_suggestions(tabby_vllm_proxy)
     completion, posted = jsonl_complete_and_post_events(agent_cli, tmp_path, relay.url, TOKEN, DOCUMENT, OFFSET)
+    after = tabby_suggestions(tabby_vllm_proxy)
+    # its view and select count as an autocompletion shown and accepted (acceptance.py); the dismiss as neither
+    assert {outcome: after.get(outcome, 0) - before.get(outcome, 0) for outcome in after} == {"shown": 1, "accepted": 1}
     assert completion["choices"] and completion["choices"][0]["text"].strip()
     assert posted == [True, True, True]
     seen = relay.paths()
