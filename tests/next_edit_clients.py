@@ -343,3 +343,16 @@ def sample_excerpt(region_lines: int = 40, cursor_line: int = 50, typed: int = 0
     start = cursor_line - region_lines // 2
     window = instinct_window(content, cursor_line, start, start + region_lines - 1)
     return content, Excerpt(content, *window, cursor_line=cursor_line, cursor_character=indent + typed)
+
+
+def sample_zeta_input(typed: int = 0, path: str = "boxes.py") -> tuple[list[ZetaEvent], ZetaExcerpt]:
+    """Zed's zeta1 input for the sample module with the user typing into line 50 (as sample_excerpt): the last edit,
+    and an excerpt of lines 30-69 whose 20 middle lines are editable (byte offsets, as Zed computes them)."""
+    content, excerpt = sample_excerpt(region_lines=20, typed=typed)
+    raw, lines = content.encode(), content.split("\n")
+    offsets = [len("\n".join(lines[:n]).encode()) + (1 if n else 0) for n in range(len(lines) + 1)]
+    start, end = offsets[30], offsets[70]
+    cursor = offsets[excerpt.cursor_line] + excerpt.cursor_character - start
+    text = raw[start:end].decode()
+    zeta = ZetaExcerpt(path, text, (offsets[40] - start, offsets[60] - start), (0, end - start), cursor, 30)
+    return [ZetaEvent(path, "@@" + SAMPLE_DIFF.split("\n@@", 1)[1])], zeta
