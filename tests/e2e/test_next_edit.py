@@ -81,10 +81,11 @@ def continue_config(proxy: Server) -> dict[str, Any]:
     return dict(yaml.safe_load(client_config(proxy, "continue", "--with-token")))
 
 
-def vllm_counter(base: str, name: str) -> float:
-    """A counter of vLLM's /metrics, summed over its label sets."""
+def vllm_counter(base: str, name: str, label: str = "") -> float:
+    """A counter of vLLM's /metrics, summed over its label sets (those holding `label`, e.g. `reason="length"`)."""
     text = httpx.get(base + "/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)", text, re.M))
+    series = re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)", text, re.M)
+    return sum(float(value) for labels, value in series if label in labels)
 
 
 def wait_idle(base: str) -> None:
@@ -238,36 +239,37 @@ def test_successive_keystrokes_hit_vllms_prefix_cache_through_kodify_proxy(proxy
 
 
 def after_leaving(vllm: str, url: str, body: bytes) -> tuple[float, float]:
-    """For a request whose client hung up after LEAVE_AFTER seconds: (tokens vLLM generated for it, requests vLLM
-    finished in full meanwhile). vLLM counts a request that ends by stop or length in `vllm:request_success_total`, and
-    one it aborted nowhere there."""
+    """For a request whose client hung up after LEAVE_AFTER seconds: (tokens vLLM generated for it, requests vLLM ran
+    to their max_tokens meanwhile). vLLM counts a request that ends by length, or by a stop string or end of sequence,
+    in `vllm:request_success_total`, and one it aborted nowhere there."""
     wait_idle(vllm)
     tokens = vllm_counter(vllm, "vllm:generation_tokens_total")
-    finished = vllm_counter(vllm, "vllm:request_success_total")
+    whole = vllm_counter(vllm, "vllm:request_success_total", 'finished_reason="length"')
     abandon_sync(url, body, after=LEAVE_AFTER, headers={"Authorization": f"Bearer {TOKEN}"})
     wait_idle(vllm)
     tokens = vllm_counter(vllm, "vllm:generation_tokens_total") - tokens
-    return tokens, vllm_counter(vllm, "vllm:request_success_total") - finished
+    return tokens, vllm_counter(vllm, "vllm:request_success_total", 'finished_reason="length"') - whole
 
 
 def test_a_superseded_next_edit_stops_generating_through_us_as_directly(proxy: Server, next_edit_vllm: str) -> None:
     """Both clients' requests with a 1024-token budget (client-config's for Instinct's 32k context; Zed's
-    max_output_tokens 256), left after LEAVE_AFTER: vLLM aborts them (none is finished in full), through us as
-    directly. How many tokens it generated first depends on these 2 shared cores, where vLLM's compute also delays the
-    proxy noticing that the client left: bench/bench_next_edit.py measures it with vLLM's compute niced, as on a GPU
-    box."""
+    max_output_tokens 256), left after LEAVE_AFTER, twice each: vLLM stops them (none runs to its budget; one may end
+    sooner, by the random model's end of sequence), through us as directly. How many tokens it generated first
+    depends on these 2 shared cores, where vLLM's compute also delays the proxy noticing that the client left:
+    bench/bench_next_edit.py measures it with vLLM's compute niced, as on a GPU box."""
     requests = {
         "zed": ("/v1/completions", zeta_request(typed=6, max_output_tokens=256)),
         "continue": ("/v1/chat/completions", continue_chat_body(INSTINCT, instinct_prompt(), NEXT_EDIT_MAX_TOKENS)),
     }
-    figures = {}
+    figures: dict[str, list[tuple[float, float]]] = {}
     for name, (path, body) in requests.items():
         assert json.loads(body)["max_tokens"] == NEXT_EDIT_MAX_TOKENS
-        figures[name] = {
-            "direct": after_leaving(next_edit_vllm, next_edit_vllm + path, body),
-            "through us": after_leaving(next_edit_vllm, proxy.url + path, body),
-        }
-    print(f"\n(tokens generated, requests finished) after the client left, of {NEXT_EDIT_MAX_TOKENS}: {figures}")
-    for client in figures.values():
-        for tokens, finished in client.values():
-            assert finished == 0 and tokens < NEXT_EDIT_MAX_TOKENS
+        for _ in range(2):
+            for target, base in (("direct", next_edit_vllm), ("through us", proxy.url)):
+                figures.setdefault(f"{name} {target}", []).append(after_leaving(next_edit_vllm, base + path, body))
+    print(
+        f"\n(tokens generated, requests run to max_tokens) after the client left, of {NEXT_EDIT_MAX_TOKENS}: {figures}"
+    )
+    for runs in figures.values():
+        for tokens, whole in runs:
+            assert whole == 0 and tokens < NEXT_EDIT_MAX_TOKENS
