@@ -7,8 +7,9 @@ with the default ENV's FIM config (qwen.json), which must leave these prompts al
 The requests are the clients' own bytes (tests/next_edit_clients.py, from their sources); Continue's model entry comes
 from `kodify-proxy client-config continue`, and Continue's `cn` reads that config. The prompts reach vLLM unchanged:
 its token count of each equals vLLM's own count of the client's prompt (`/tokenize`, or `vllm:prompt_tokens_total`).
-A superseded request (the client hangs up, as Continue's AbortController and Zed's dropped task do) stops vLLM's
-generation through us as it does directly (`vllm:generation_tokens_total`)."""
+A superseded request (the client hangs up, as Continue's AbortController and Zed's dropped task do) is aborted by vLLM
+through us as directly: none runs to its max_tokens (`vllm:request_success_total`, which counts no aborted request;
+the tokens generated first, `vllm:generation_tokens_total`, are printed and measured in bench/bench_next_edit.py)."""
 
 from __future__ import annotations
 
