@@ -132,11 +132,22 @@ COMPOSE_VARIABLES = frozenset(
         "KODIFY_TLS_DIR", "CADDY_IMAGE",
     }
 )  # fmt: skip
+# Read by deploy/compose.next-edit.yaml: the next-edit model's vLLM (docs/deployment.md, "Next edit").
+NEXT_EDIT_VARIABLES = frozenset(
+    {
+        "NEXT_EDIT_MODEL",
+        "NEXT_EDIT_SERVED_MODEL_NAME",
+        "NEXT_EDIT_GPUUTIL",
+        "NEXT_EDIT_DEVICES",
+        "NEXT_EDIT_ADDITIONAL_ARGS",
+    }
+)
 
 
 def known_variables() -> frozenset[str]:
-    """Every variable kodify-proxy or compose.yaml reads."""
-    return COMPOSE_VARIABLES | {str(field.validation_alias) for field in Settings.model_fields.values()}
+    """Every variable kodify-proxy or compose.yaml (with its overrides in deploy/) reads."""
+    compose = COMPOSE_VARIABLES | NEXT_EDIT_VARIABLES
+    return compose | {str(field.validation_alias) for field in Settings.model_fields.values()}
 
 
 def _name_findings(environ: Mapping[str, str], env_file_names: Iterable[str]) -> list[Finding]:

@@ -29,6 +29,11 @@ AUTOCOMPLETE_DEBOUNCE_MS = 250
 CHAT_MAX_TOKENS = 4096
 AUTOCOMPLETE_MAX_TOKENS = 256
 TABBY_MAX_LINES = 20  # tabby-agent's default maxPrefixLines / maxSuffixLines
+# Continue turns next edit on for an autocomplete model whose name holds one of these (core/llm/autodetect.ts
+# modelSupportsNextEdit, NEXT_EDIT_MODELS in core/llm/constants.ts). Its answer rewrites an editable region of up to
+# 512 tokens (BaseNextEditProvider.calculateOptimalEditableRegion): twice that leaves room for what it adds.
+NEXT_EDIT_NAMES = ("instinct", "mercury-coder")
+NEXT_EDIT_MAX_TOKENS = 1024
 
 
 class ClientConfigError(Exception):
@@ -47,15 +52,21 @@ class ServedModel:
         """vLLM's model card does not say what a model does: a name with `embed` in it is an embedding model."""
         return "embed" in self.name.lower()
 
+    @property
+    def is_next_edit(self) -> bool:
+        """A model Continue uses for next edit rather than fill-in-the-middle: its name says so (NEXT_EDIT_NAMES)."""
+        return any(name in self.name.lower() for name in NEXT_EDIT_NAMES)
+
 
 @dataclass(frozen=True)
 class ClientModels:
-    """The models a client config names: chat (also edit/apply), autocomplete, embeddings (if any is served)."""
+    """The models a client config names: chat (also edit/apply), autocomplete, embeddings and next edit (if served)."""
 
     chat: ServedModel
     autocomplete: ServedModel
     embed: ServedModel | None
     tool_use: bool
+    next_edit: ServedModel | None = None
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,16 @@ def base_url(url: str) -> str:
 
 
 def choose_models(served: tuple[ServedModel, ...], tool_use: bool = False) -> ClientModels:
-    """Chat and autocomplete: the first model that is not an embedding model; embeddings: the first embedding one."""
+    """Chat and autocomplete: the first model that is neither an embedding nor a next-edit model (a next-edit model
+    if it is all there is); embeddings: the first embedding one; next edit: the first next-edit one."""
     generators = [m for m in served if not m.is_embedding]
     if not generators:
         listed = ", ".join(m.name for m in served) or "none"
         raise ClientConfigError(f"kodify-proxy serves no chat model (served: {listed}); check its upstreams")
     embed = next((m for m in served if m.is_embedding), None)
-    return ClientModels(chat=generators[0], autocomplete=generators[0], embed=embed, tool_use=tool_use)
+    first = next((m for m in generators if not m.is_next_edit), generators[0])
+    next_edit = next((m for m in generators if m.is_next_edit), None)
+    return ClientModels(chat=first, autocomplete=first, embed=embed, tool_use=tool_use, next_edit=next_edit)
 
 
 def chat_max_tokens(context_length: int) -> int:
@@ -94,6 +108,10 @@ def chat_max_tokens(context_length: int) -> int:
 
 def autocomplete_max_tokens(context_length: int) -> int:
     return min(AUTOCOMPLETE_MAX_TOKENS, context_length // 4)
+
+
+def next_edit_max_tokens(context_length: int) -> int:
+    return min(NEXT_EDIT_MAX_TOKENS, context_length // 4)
 
 
 def autocomplete_prompt_tokens(context_length: int) -> int:
@@ -136,6 +154,19 @@ def build_data_destination(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
+def build_next_edit_entries(models: ClientModels, endpoint: Endpoint) -> list[dict[str, Any]]:
+    """Continue's next-edit model, when one is served: an autocomplete entry with `capabilities: [next_edit]`, listed
+    before the fill-in-the-middle one so that Continue selects it (the first of a role is the default). Continue then
+    sends it a non-streamed chat of one user message (core/nextEdit/NextEditProvider.ts)."""
+    if models.next_edit is None:
+        return []
+    entry = _continue_entry("Kodify next edit", models.next_edit, endpoint, ["autocomplete"])
+    entry["capabilities"] = ["next_edit"]
+    if budget := _budget(models.next_edit, next_edit_max_tokens):
+        entry["defaultCompletionOptions"] = budget
+    return [{**entry, "autocompleteOptions": _autocomplete_options(models.next_edit)}]
+
+
 def build_continue_config(models: ClientModels, endpoint: Endpoint) -> dict[str, Any]:
     """Continue's config.yaml (schema v1): chat with tool use when the server takes tools, autocomplete fitted to
     the context, embeddings when one is served, and the `data:` block reporting suggestions shown and accepted."""
@@ -148,7 +179,7 @@ def build_continue_config(models: ClientModels, endpoint: Endpoint) -> dict[str,
     if budget := _budget(models.autocomplete, autocomplete_max_tokens):
         auto["defaultCompletionOptions"] = budget
     auto["autocompleteOptions"] = _autocomplete_options(models.autocomplete)
-    entries = [chat, auto]
+    entries = [chat, *build_next_edit_entries(models, endpoint), auto]
     if models.embed is not None:
         entries.append(_continue_entry("Kodify embeddings", models.embed, endpoint, ["embed"]))
     config = {"name": "Kodify", "version": "1.0.0", "schema": "v1", "models": entries}

@@ -13,6 +13,7 @@ import os
 import ssl
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 import httpx
 
@@ -128,7 +129,7 @@ def load_client_models(
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise ClientConfigError(f"cannot reach kodify-proxy at {url} ({reason}); is it running? pass --url") from None
-    return ClientModels(models.chat, models.autocomplete, models.embed, tool_use)
+    return replace(models, tool_use=tool_use)
 
 
 # --- the command -------------------------------------------------------------------------------------------------

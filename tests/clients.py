@@ -11,15 +11,15 @@ from urllib.parse import urlsplit
 
 
 async def abandon(url: str, body: Any, after: float, headers: Mapping[str, str] | None = None) -> bytes:
-    """POST `body` as JSON, read whatever comes for `after` seconds, then drop the connection (as tabby-agent's
-    abort or a closed IDE does). The bytes received so far.
+    """POST `body` as JSON (bytes: sent as they are), read whatever comes for `after` seconds, then drop the
+    connection (as tabby-agent's abort or a closed IDE does). The bytes received so far.
 
     A raw socket on purpose: an HTTP client library's own cancellation may wait for the next chunk to arrive
     before it lets go, which is not what a client that left looks like to the server.
     """
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    data = json.dumps(body).encode()
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
     lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: application/json"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     lines.append(f"Content-Length: {len(data)}")
