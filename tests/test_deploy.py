@@ -415,7 +415,7 @@ def dockerfile_instructions(name: str = "Dockerfile") -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile"])
 def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     hadolint = VENV_BIN / "hadolint"
     result = subprocess.run([str(hadolint), str(REPO / dockerfile)], capture_output=True, text=True, timeout=60)
@@ -449,7 +449,7 @@ def test_dockerfile_contract() -> None:
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST")
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile"])
 def test_dockerfiles_take_a_ca_bundle_and_a_package_mirror_before_pip_runs(dockerfile: str) -> None:
     # pip reads PIP_* from the environment, and RUN steps see the build arguments declared before them there.
     steps = dockerfile_instructions(dockerfile)
