@@ -415,7 +415,9 @@ def dockerfile_instructions(name: str = "Dockerfile") -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile", "tests/compose/postgres/Dockerfile"]
+)
 def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     hadolint = VENV_BIN / "hadolint"
     result = subprocess.run([str(hadolint), str(REPO / dockerfile)], capture_output=True, text=True, timeout=60)
