@@ -19,7 +19,7 @@ RUN if [ -n "${EXTRA_CA_CERTS}" ]; then \
         printf '%s\n' "${EXTRA_CA_CERTS}" > /usr/local/share/ca-certificates/kodify-extra-ca.crt \
         && update-ca-certificates; \
     fi
-# vLLM's CPU kernels link libnuma, which the slim Python image lacks (a base made from Debian's packages may have it).
+# vLLM's CPU kernels link libnuma, which the slim Python image lacks (pinned: Debian 12's; a base may have it).
 RUN if ! python -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("numa") is None)'; then \
         apt-get update \
         && apt-get install -y --no-install-recommends libnuma1=2.0.16-1 \
