@@ -91,7 +91,7 @@ def guide_env(images: Images, model: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(engine: None) -> Iterator[Images]:
     """The run's images; the project's own is removed afterwards (the kept ones stay, by their digests)."""
     run = f"kodify-test-{secrets.token_hex(4)}"
