@@ -1,5 +1,9 @@
 # kodify-proxy: the Kodify API server (LiteLLM proxy + kodify_proxy) in front of vLLM.
 #   docker build -t kodify-proxy:0.1.0 .
+# Build arguments (docs/deployment.md, "The image"): PYTHON_IMAGE (another Python 3.11+ base), ADMIN_UI=false (no
+# Prisma step, which needs the internet; LiteLLM's UI sign-in then stays off), EXTRA_CA_CERTS (PEM text of CAs to
+# trust, e.g. an intercepting proxy's), and pip's own PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
+# PIP_NO_INDEX, PIP_TRUSTED_HOST for a package mirror or a wheel directory instead of PyPI.
 # No secrets are baked in: tokens and passwords come from the environment at run time (.env, Kubernetes Secrets).
 # The base is pinned by digest (docs/deployment.md, "Reproducible image": where it came from, how to refresh it).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
@@ -11,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PRISMA_BINARY_CACHE_DIR=/opt/prisma/binaries \
     PRISMA_NODEENV_CACHE_DIR=/opt/prisma/nodeenv \
     PRISMA_USE_GLOBAL_NODE=false \
@@ -18,6 +23,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The source stays in the image: alembic/ and preprocess_configs/ are used from here, relative to the working dir.
 WORKDIR /opt/kodify-proxy
+# CAs the build (pip, Prisma) must trust besides the system's, e.g. a company proxy's that intercepts TLS: the PEM
+# text, `--build-arg EXTRA_CA_CERTS="$(cat company-ca.pem)"`. They join the system bundle, which pip reads (PIP_CERT).
+ARG EXTRA_CA_CERTS=""
+RUN if [ -n "${EXTRA_CA_CERTS}" ]; then \
+        printf '%s\n' "${EXTRA_CA_CERTS}" > /usr/local/share/ca-certificates/kodify-extra-ca.crt \
+        && update-ca-certificates; \
+    fi
+# pip reads these from the environment, where RUN finds build arguments: unset, it asks PyPI.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
 # Every dependency at the version and file hashes of the lock (regenerate it as docs/deployment.md says); this layer
 # is rebuilt only when the lock changes.
 COPY requirements.lock /opt/kodify-proxy/requirements.lock
@@ -26,12 +44,19 @@ RUN pip install --require-hashes -r /opt/kodify-proxy/requirements.lock
 # LiteLLM's image does (without importing litellm, which would fetch its cost map). prisma-client-py installs a private
 # Node with nodeenv (version pinned in nodeenv's ~/.nodeenvrc: prisma 0.15 cannot parse PRISMA_NODEENV_EXTRA_ARGS from
 # the environment), the Prisma CLI it pins (npm) and its query engine. Needs the internet: docs/deployment.md.
+# ADMIN_UI=false skips it: the image then serves everything but the UI's sign-in (a DATABASE_URL stops `serve`).
+ARG ADMIN_UI=true
 ARG PRISMA_NODE_VERSION=20.20.2
-RUN printf '[nodeenv]\nnode = %s\n' "${PRISMA_NODE_VERSION}" > /root/.nodeenvrc \
-    && litellm_dir="$(python -c 'import importlib.util as u; print(u.find_spec("litellm").submodule_search_locations[0])')" \
-    && prisma generate --schema "${litellm_dir}/proxy/schema.prisma" \
-    && rm -rf /root/.nodeenvrc /root/.npm /root/.cache \
-    && chmod -R a+rX /opt/prisma
+RUN case "${ADMIN_UI}" in \
+        true | True | TRUE | 1 | yes) \
+            printf '[nodeenv]\nnode = %s\n' "${PRISMA_NODE_VERSION}" > /root/.nodeenvrc \
+            && litellm_dir="$(python -c 'import importlib.util as u; print(u.find_spec("litellm").submodule_search_locations[0])')" \
+            && prisma generate --schema "${litellm_dir}/proxy/schema.prisma" \
+            && rm -rf /root/.nodeenvrc /root/.npm /root/.cache \
+            && chmod -R a+rX /opt/prisma ;; \
+        false | False | FALSE | 0 | no) echo "ADMIN_UI=${ADMIN_UI}: no Prisma client, LiteLLM's UI sign-in stays off" ;; \
+        *) echo "ADMIN_UI=${ADMIN_UI} is invalid: use true (the default) or false" >&2; exit 2 ;; \
+    esac
 COPY . /opt/kodify-proxy
 # The guide's paths: config.yml is mounted at /vllm-workspace/config.yml, and the Kubernetes init container runs
 # `alembic -c /vllm-workspace/middleware/gpt_logger/alembic.ini upgrade head` (that directory links to the source).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything kodify-proxy itself needs on a fresh Debian/Ubuntu machine: Python venv (.venv) with the
 # package and its dev tools, Node.js/npm for the tabby-agent and Continue end-to-end tests, Prometheus and
-# Chromium for the monitoring and report tests. Idempotent; re-running only installs what changed. The vLLM CPU environment is
-# separate (scripts/vllm-env.sh) because it pins its own torch.
+# Chromium for the monitoring and report tests, Docker's engine (docker.io) and debootstrap for the Compose tier.
+# Idempotent; re-running only installs what changed. The vLLM CPU environment is separate (scripts/vllm-env.sh)
+# because it pins its own torch.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -20,6 +21,10 @@ command -v npm >/dev/null || need_apt+=(npm)
 # The monitoring and report tests: a real Prometheus server (and promtool), headless Chromium.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The Compose tier (tests/compose): a Docker engine (the tier starts dockerd when none runs) and debootstrap, which
+# makes its base images from Debian's packages.
+command -v dockerd >/dev/null && command -v docker >/dev/null || need_apt+=(docker.io)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing system packages: ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}"; exit 1

@@ -332,7 +332,10 @@ def test_every_guide_variable_reaches_its_service(tmp_path: Path) -> None:
 
 def test_postgres_service(model: dict[str, Any], tmp_path: Path) -> None:
     postgres = model["services"]["postgres"]
-    assert postgres["image"].startswith("postgres:16")
+    assert re.fullmatch(r"postgres:16\.\d+-trixie@sha256:[0-9a-f]{64}", postgres["image"])  # .env.example: empty
+    mirror = "registry.example/postgres:16.15-trixie"
+    services = compose_model(tmp_path, {"COMPOSE_PROFILES": "database", "POSTGRES_IMAGE": mirror})["services"]
+    assert services["postgres"]["image"] == mirror
     assert [(v["source"], v["target"]) for v in postgres["volumes"]] == [("mtsai_pgdata", "/var/lib/postgresql/data")]
     assert model["volumes"]["mtsai_pgdata"]["name"] == "mtsai_pgdata"  # the guide's volume name, unprefixed
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
@@ -405,16 +408,19 @@ def test_migrations_run_once_before_the_proxy(model: dict[str, Any], tmp_path: P
 # --- Dockerfile --------------------------------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(name: str = "Dockerfile") -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", (REPO / "Dockerfile").read_text())
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", (REPO / name).read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize(
+    "dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile", "tests/compose/postgres/Dockerfile"]
+)
+def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     hadolint = VENV_BIN / "hadolint"
-    result = subprocess.run([str(hadolint), str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(hadolint), str(REPO / dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -440,6 +446,42 @@ def test_dockerfile_contract() -> None:
     assert steps[-1] == ("CMD", '["kodify-proxy", "serve"]')
     secrets = SECRET_VARIABLES | {"POSTGRES_PASSWORD"}
     assert not [name for name in secrets if re.search(rf"\b{name}\b", text)], "no secret is baked into the image"
+
+
+PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST")
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/vllm-cpu.Dockerfile"])
+def test_dockerfiles_take_a_ca_bundle_and_a_package_mirror_before_pip_runs(dockerfile: str) -> None:
+    # pip reads PIP_* from the environment, and RUN steps see the build arguments declared before them there.
+    steps = dockerfile_instructions(dockerfile)
+    first_pip = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "pip install" in args)
+    declared = [args.split("=")[0] for op, args in steps[:first_pip] if op == "ARG"]
+    assert set(PIP_BUILD_ARGS) <= set(declared)
+    assert ("ARG", 'EXTRA_CA_CERTS=""') in steps[:first_pip]
+    ca = next(args for op, args in steps[:first_pip] if op == "RUN" and "EXTRA_CA_CERTS" in args)
+    assert "/usr/local/share/ca-certificates/" in ca and "update-ca-certificates" in ca
+    env = " ".join(args for op, args in steps if op == "ENV")
+    assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in env  # pip trusts the system bundle, extra CAs included
+    (base,) = [args for op, args in steps if op == "ARG" and args.startswith("PYTHON_IMAGE=")]
+    assert base == next(args for op, args in dockerfile_instructions() if args.startswith("PYTHON_IMAGE="))
+
+
+def test_admin_ui_false_skips_the_prisma_step(tmp_path: Path) -> None:
+    # The Dockerfile's Prisma step run with sh against a fake `prisma` (and a `python` that finds no schema).
+    steps = dockerfile_instructions()
+    assert ("ARG", "ADMIN_UI=true") in steps
+    (prisma,) = [args for op, args in steps if op == "RUN" and "prisma generate" in args]
+    script = prisma.replace("/root/", f"{tmp_path}/").replace("/opt/prisma", str(tmp_path))
+    called = fake_executable(tmp_path / "bin", "prisma")
+    fake_executable(tmp_path / "bin", "python")
+    for value, runs in (("true", True), ("1", True), ("false", False), ("0", False), ("maybe", False)):
+        called.unlink(missing_ok=True)
+        env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ADMIN_UI": value, "PRISMA_NODE_VERSION": "20.20.2"}
+        result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == (2 if value == "maybe" else 0), (value, result.stderr)
+        assert called.exists() is runs, value
+    assert "ADMIN_UI=maybe is invalid: use true (the default) or false" in result.stderr
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
