@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     )
 
     def resolved_state_dir(self) -> Path:
-        """Where generated files (master key, rendered LiteLLM config) live."""
+        """Where generated files live: the master key and the SQLite journal, shared by every server of this user;
+        each server's own state in `instances/<host>-<port>` inside it (kodify_proxy.instance)."""
         if self.state_dir:
             return Path(self.state_dir)
         return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "kodify-proxy"

@@ -1,11 +1,13 @@
 """`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, SIGTERM
-draining both workers, SIGKILL of one worker. Per-user tokens and the journal in the real PostgreSQL, two fake
-upstreams. Which worker served a request is read from its own Prometheus file (`counter_<pid>.db` in the state dir's
-`metrics/`), so each test can show that both workers took part."""
+draining both workers, SIGKILL of one worker, a second server on the machine with the same state directory.
+Per-user tokens and the journal in the real PostgreSQL, two fake upstreams. Which worker served a request is read
+from its own Prometheus file (`counter_<pid>.db` in the server's instance directory's `metrics/`), so each test can
+show that both workers took part."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,8 @@ from sqlalchemy import make_url
 from kodify_proxy.env_types import available_cpus, resolve_workers
 from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
-from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
+from tests.servers import Server, fake_upstream, kodify_proxy, run_cli, upstreams_yaml
+from tests.worker_clients import worker_pids
 
 TTL = 1.0  # KODIFY_AUTH_CACHE_TTL of these servers
 TABBY: dict[str, Any] = {
@@ -68,7 +71,7 @@ class Pool:
 
     @property
     def metrics_dir(self) -> Path:
-        return Path(self.proxy.env["KODIFY_STATE_DIR"]) / "metrics"
+        return self.proxy.instance_dir / "metrics"
 
     def served(self, route: str) -> dict[int, dict[str, float]]:
         """Per worker pid: its `kodify_requests_total` for `route`, by status (read from its own file)."""
@@ -293,6 +296,56 @@ class Streams:
         for thread in self._threads:
             thread.join(40)
         return self.outcomes
+
+
+def test_a_second_server_with_the_same_state_directory_runs_beside_the_first(pool: Pool, tmp_path: Path) -> None:
+    """Two servers of one user, on two ports, with default settings (one state directory): both serve, each with its
+    own slots, metrics and spools; a third on an address in use is refused in one line, before anything starts."""
+    scraper = {"Authorization": f"Bearer {METRICS_TOKEN}", "Connection": "close"}
+    before = _scraped(httpx.get(pool.proxy.url + "/metrics", headers=scraper).text)
+    state = {"KODIFY_STATE_DIR": pool.proxy.env["KODIFY_STATE_DIR"], "KODIFY_WORKERS": "2"}
+    config = upstreams_yaml(*(u.url for u in pool.upstreams))
+    second = kodify_proxy(tmp_path, config, env={**pool.env, **state}, name="second")
+    try:
+        second.start(timeout=180).wait_workers(2)
+        headers = {"Authorization": f"Bearer {_token(pool, 'two-servers')}", "Connection": "close"}
+        body = {"model": "fake-model", "prompt": "two servers", "max_tokens": 2}
+        for server in (pool.proxy, second):
+
+            def send(i: int, url: str = server.url) -> httpx.Response:
+                return httpx.post(url + "/v1/completions", json=body, headers=headers)
+
+            assert [r.status_code for r in _each_on_its_own_connection(8, send)] == [200] * 8
+        key = ("kodify_requests_total", "/v1/completions", "200")
+        assert _scraped(httpx.get(pool.proxy.url + "/metrics", headers=scraper).text)[key] == before.get(key, 0) + 8
+        assert _scraped(httpx.get(second.url + "/metrics", headers=scraper).text)[key] == 8
+        for server in (pool.proxy, second):
+            own = server.instance_dir
+            assert (own / "litellm_config.yaml").is_file() and (own / "journal-spool" / "spool.lock").is_file()
+            files = {int(path.stem.split("_")[1]) for path in (own / "metrics").glob("counter_*.db")}
+            assert files and files <= set(worker_pids(server)), (files, worker_pids(server))
+        print("two servers, one state directory:\n" + _startup_lines(pool.proxy) + "\n" + _startup_lines(second))
+        _refused_on(second, second.env)
+        _refused_on(second, {**second.env, "KODIFY_STATE_DIR": str(tmp_path / "elsewhere")})
+    finally:
+        second.stop()
+
+
+def _refused_on(server: Server, env: Mapping[str, str]) -> None:
+    """`serve` on `server`'s address exits 2 with one line naming --port, and no traceback."""
+    config = server.args[list(server.args).index("--config") + 1]
+    args = ("serve", "--config", config, "--host", "127.0.0.1", "--port", str(server.port), "--workers", "2")
+    refused = run_cli(*args, env={**os.environ, **env})
+    print(f"exit {refused.returncode}: {refused.stderr.strip()}")
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
+    assert re.fullmatch(
+        rf"error: --port {server.port}: .+; stop it, or give this server another --port.*\n", refused.stderr
+    )
+
+
+def _startup_lines(server: Server) -> str:
+    wanted = ("Serving with", "Uvicorn running on", "Journal on:", "Application startup complete")
+    return "\n".join(line for line in server.log_text().splitlines() if any(w in line for w in wanted))
 
 
 def test_sigkill_of_one_worker_is_replaced_and_the_other_keeps_serving(pool: Pool) -> None:
