@@ -25,6 +25,7 @@ from kodify_proxy.errors import StartupError
 from kodify_proxy.instance import Instance
 from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
 from kodify_proxy.settings import Settings
+from kodify_proxy.upstream_board import UpstreamBoard, observe
 from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
 
@@ -104,6 +105,8 @@ def prepare_launch(
     prepare_journal(settings, workers, instance)
     verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
     prepared = prepare(settings, config, wait=settings.wait_vllm)
+    observations = {url: found for url, state in prepared.monitor.states.items() if (found := observe(state))}
+    UpstreamBoard(instance.directory).reset(observations)  # a worker started later adopts what is newer at once
     master_key = ensure_master_key(settings)
     path = write_litellm_config(instance.litellm_config, prepared.litellm_config)
     export_environment(config, master_key, path)
@@ -168,8 +171,9 @@ def build_app(launch: Launch, worker: int, verifier: TokenVerifier | None) -> AS
     if verifier is None:
         verifier = auth.start(settings, announce=False)
     monitor = launch.prepared.monitor
+    board = UpstreamBoard(launch.instance.directory)
     rt = runtime.build_runtime(
-        settings, launch.config, monitor, launch.master_key, verifier, launch.preprocessing, journal
+        settings, launch.config, monitor, launch.master_key, verifier, launch.preprocessing, journal, board
     )
     runtime.bind(rt)
     monitor.mark_registered()

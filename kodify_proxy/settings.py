@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     num_retries: int = _env("KODIFY_NUM_RETRIES", "a whole number >= 0", 1, ge=0)
     discovery_interval: float = _env("KODIFY_DISCOVERY_INTERVAL", "seconds >= 1 between upstream checks", 10.0, ge=1)
     down_recheck_interval: float = _env(
-        "KODIFY_DOWN_RECHECK_INTERVAL", "seconds 0.1-60 between checks of an upstream that is down", 1.0, ge=0.1, le=60
+        "KODIFY_DOWN_RECHECK_INTERVAL", "seconds 0.1-60 between checks of an upstream that is down", 0.25, ge=0.1, le=60
     )
     # The client surface and the autocompletion lane (docs/autocompletion.md, README "HTTP")
     completions_lane: Annotated[Literal["direct", "litellm"], BeforeValidator(empty_to_default("direct"))] = _env(

@@ -1,8 +1,8 @@
-"""`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, SIGTERM
-draining both workers, SIGKILL of one worker, a second server on the machine with the same state directory.
-Per-user tokens and the journal in the real PostgreSQL, two fake upstreams. Which worker served a request is read
-from its own Prometheus file (`counter_<pid>.db` in the server's instance directory's `metrics/`), so each test can
-show that both workers took part."""
+"""`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, one view of
+the upstreams in every worker, SIGTERM draining both workers, SIGKILL of one worker, a second server on the machine
+with the same state directory. Per-user tokens and the journal in the real PostgreSQL, two fake upstreams. Which
+worker served a request is read from its own Prometheus file (`counter_<pid>.db` in the server's instance directory's
+`metrics/`), so each test can show that both workers took part; tests.worker_clients reaches each worker on its own."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from kodify_proxy.env_types import available_cpus, resolve_workers
 from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
 from tests.servers import Server, fake_upstream, kodify_proxy, run_cli, upstreams_yaml
-from tests.worker_clients import worker_pids
+from tests.worker_clients import Pinned, pin_workers, worker_pids
 
 TTL = 1.0  # KODIFY_AUTH_CACHE_TTL of these servers
 TABBY: dict[str, Any] = {
@@ -107,6 +107,8 @@ def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: st
         "KODIFY_JOURNAL_FLUSH_INTERVAL": "0.2",
         "KODIFY_SHUTDOWN_GRACE": "20",
         "KODIFY_METRICS_TOKEN": METRICS_TOKEN,
+        # beyond any test's length: only the shared view can make the workers agree (test_one_view_of_the_upstreams)
+        "KODIFY_DISCOVERY_INTERVAL": "600",
     }
     config = upstreams_yaml(*(u.url for u in upstreams))
     proxy = kodify_proxy(tmp, config, env={**env, "KODIFY_WORKERS": "2"}, name=name)
@@ -296,6 +298,74 @@ class Streams:
         for thread in self._threads:
             thread.join(40)
         return self.outcomes
+
+
+def _until_every_worker(workers: list[Pinned], holds: Callable[[Pinned], bool], since: float) -> dict[int, float]:
+    """Seconds from `since` until `holds` was first true of each worker, polled in turn (a deadline far beyond the
+    contract, so a failure shows the times)."""
+    found: dict[int, float] = {}
+    while len(found) < len(workers) and time.monotonic() - since < 20:
+        for worker in workers:
+            if worker.pid not in found and holds(worker):
+                found[worker.pid] = time.monotonic() - since
+        time.sleep(0.005)
+    return found
+
+
+def _upstreams_up(worker: Pinned) -> set[float]:
+    text = worker.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+    return {float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("kodify_upstream_up{")}
+
+
+def test_one_view_of_the_upstreams_every_worker_within_a_second(pool: Pool) -> None:
+    """Both upstreams die, one request finds it out: every worker's /health, routing and kodify_upstream_up agree
+    within a second, without a check of their own (the discovery interval is 600 s); and within a second of the
+    upstreams' return. The issue's contract is the one bound asserted; the times are printed."""
+    headers = {"Authorization": f"Bearer {_token(pool, 'one-view')}"}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "one view"}]}
+    workers = pin_workers(pool.proxy)
+    try:
+        for upstream in pool.upstreams:
+            upstream.kill()
+        assert httpx.post(pool.proxy.url + "/v1/chat/completions", json=chat, headers=headers).status_code == 503
+        down = _until_every_worker(workers, lambda w: w.get("/health").status_code == 503, time.monotonic())
+        assert all(_upstreams_up(w) == {0.0} for w in workers)
+        assert all(w.post("/v1/chat/completions", chat, headers).status_code == 503 for w in workers)
+        for upstream in pool.upstreams:
+            upstream.start(expect_ready=False)
+        back_at = _when_answering(pool.upstreams)
+        back = _until_every_worker(workers, lambda w: w.get("/health").status_code == 200, back_at)
+        print(f"all workers agree: down after {sorted(down.values())} s, back after {sorted(back.values())} s")
+        assert len(down) == len(back) == 2 and max(down.values()) < 1 and max(back.values()) < 1, (down, back)
+        assert all(w.post("/v1/chat/completions", chat, headers).status_code == 200 for w in workers)
+        # /health says 200 once one upstream is back; the other may be seen at the next recheck
+        both = _until_every_worker(workers, lambda w: _upstreams_up(w) == {1.0}, back_at)
+        assert len(both) == 2, both
+    finally:
+        for upstream in pool.upstreams:
+            if upstream.process is None or upstream.process.poll() is not None:
+                upstream.start()
+        for worker in workers:
+            worker.client.close()
+
+
+def _when_answering(upstreams: tuple[Server, Server]) -> float:
+    """The moment the first upstream answers GET /v1/models again (polled every 5 ms); the other is waited for."""
+    first = None
+    deadline = time.monotonic() + 60
+    while first is None or not all(_answers(u) for u in upstreams):
+        assert time.monotonic() < deadline, "the upstreams did not start"
+        if first is None and any(_answers(u) for u in upstreams):
+            first = time.monotonic()
+        time.sleep(0.005)
+    return first
+
+
+def _answers(upstream: Server) -> bool:
+    try:
+        return httpx.get(upstream.url + "/v1/models", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_a_second_server_with_the_same_state_directory_runs_beside_the_first(pool: Pool, tmp_path: Path) -> None:
