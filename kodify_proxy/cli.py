@@ -11,7 +11,7 @@ from typing import Literal
 from kodify_proxy import logs
 from kodify_proxy.client_config_cli import add_client_config_parser
 from kodify_proxy.env_types import parse_workers, resolve_workers
-from kodify_proxy.errors import StartupError
+from kodify_proxy.errors import InstanceConflict, StartupError
 from kodify_proxy.journal.commands import add_journal_parsers
 from kodify_proxy.settings import Settings, SettingsError, load_settings
 from kodify_proxy.upstreams import ConfigError, KodifyConfig, load_config, resolve_config_path
@@ -31,14 +31,16 @@ def _load(args: argparse.Namespace) -> tuple[Settings, KodifyConfig]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Wait for upstreams, discover models, render the LiteLLM config and serve (with N worker processes)."""
     from kodify_proxy import launcher, workers
+    from kodify_proxy.instance import claim_instance
 
     settings, config = _load(args)
     count = resolve_workers(args.workers if args.workers is not None else settings.workers)
+    instance = claim_instance(settings, args.host, args.port)  # before anything else: a second server stops here
     if count == 1:
-        launch, verifier = launcher.prepare_launch(settings, config, count)
+        launch, verifier = launcher.prepare_launch(settings, config, count, instance)
         launcher.run(launcher.build_app(launch, 0, verifier), settings, args.host, args.port)
     else:
-        workers.serve(settings, config, count, args.host, args.port)
+        workers.serve(settings, config, count, instance)
     return 0
 
 
@@ -125,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except ConfigError as exc:
+    except (ConfigError, InstanceConflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as exc:

@@ -259,3 +259,8 @@ def describe_validation(exc: ValidationError, *, first_only: bool = False) -> st
 
 class StartupError(Exception):
     """The server can't start; the message says why and what to do (serve exits with status 1)."""
+
+
+class InstanceConflict(StartupError):
+    """A setting this server cannot share with another one running (its address, its journal spool directory):
+    refused before anything starts, like a bad setting (serve exits with status 2)."""

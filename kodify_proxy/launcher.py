@@ -22,8 +22,10 @@ import yaml
 
 from kodify_proxy import tls
 from kodify_proxy.errors import StartupError
+from kodify_proxy.instance import Instance
 from kodify_proxy.litellm_config import build_litellm_config, load_template, upstream_key_env
 from kodify_proxy.settings import Settings
+from kodify_proxy.upstream_board import UpstreamBoard, observe
 from kodify_proxy.upstream_monitor import UpstreamMonitor
 from kodify_proxy.upstreams import KodifyConfig, UpstreamState, check_all, wait_for_upstream
 
@@ -85,28 +87,34 @@ class Launch:
     prepared: Prepared
     master_key: str
     workers: int
+    instance: Instance
 
 
-def prepare_launch(settings: Settings, config: KodifyConfig, workers: int) -> tuple[Launch, TokenVerifier | None]:
-    """Everything done once per `serve`: the FIM config read, migrations (RUN_MIGRATIONS=1), the auth mode and
-    USERS_TABLE, WAIT_VLLM and discovery, the master key, LiteLLM's config written and its environment exported.
-    Returns the user database's verifier too (open for one process; `serve --workers` closes it)."""
+def prepare_launch(
+    settings: Settings, config: KodifyConfig, workers: int, instance: Instance
+) -> tuple[Launch, TokenVerifier | None]:
+    """Everything done once per `serve` (on the claimed `instance`): the FIM config read, migrations
+    (RUN_MIGRATIONS=1), the auth mode and USERS_TABLE, WAIT_VLLM and discovery, the master key, LiteLLM's config
+    written and its environment exported. Returns the user database's verifier too (open for one process;
+    `serve --workers` closes it)."""
     from kodify_proxy import auth
     from kodify_proxy.journal.service import prepare_journal
     from kodify_proxy.preprocess import load_configured
 
     preprocessing = load_configured(settings.completions_preprocessing_config)  # a bad file stops startup here
-    prepare_journal(settings, workers)
+    prepare_journal(settings, workers, instance)
     verifier = auth.start(settings)  # logs the auth mode; AUTH_TYPE=DB: opens USERS_TABLE (created on first start)
     prepared = prepare(settings, config, wait=settings.wait_vllm)
+    observations = {url: found for url, state in prepared.monitor.states.items() if (found := observe(state))}
+    UpstreamBoard(instance.directory).reset(observations)  # a worker started later adopts what is newer at once
     master_key = ensure_master_key(settings)
-    path = write_litellm_config(settings, prepared.litellm_config)
+    path = write_litellm_config(instance.litellm_config, prepared.litellm_config)
     export_environment(config, master_key, path)
     if settings.litellm_database_url is not None:
         require_prisma_client()
         migrate_litellm_database()
     log.info("Serving models: %s", ", ".join(prepared.monitor.served_models()) or "none yet")
-    return Launch(settings, config, preprocessing, prepared, master_key, workers), verifier
+    return Launch(settings, config, preprocessing, prepared, master_key, workers, instance), verifier
 
 
 PRISMA_FIX = "build the image, which installs them (docs/deployment.md, 'The LiteLLM admin UI'), or unset DATABASE_URL"
@@ -159,12 +167,13 @@ def build_app(launch: Launch, worker: int, verifier: TokenVerifier | None) -> AS
     from kodify_proxy.journal.service import open_journal
 
     settings = launch.settings
-    journal = open_journal(settings, worker)
+    journal = open_journal(settings, launch.instance, worker)
     if verifier is None:
         verifier = auth.start(settings, announce=False)
     monitor = launch.prepared.monitor
+    board = UpstreamBoard(launch.instance.directory)
     rt = runtime.build_runtime(
-        settings, launch.config, monitor, launch.master_key, verifier, launch.preprocessing, journal
+        settings, launch.config, monitor, launch.master_key, verifier, launch.preprocessing, journal, board
     )
     runtime.bind(rt)
     monitor.mark_registered()
@@ -174,24 +183,35 @@ def build_app(launch: Launch, worker: int, verifier: TokenVerifier | None) -> AS
 
 
 def ensure_master_key(settings: Settings) -> str:
-    """LITELLM_MASTER_KEY, else the key in the state dir, else a new random one written there (0600)."""
+    """LITELLM_MASTER_KEY, else the key in the state dir (shared by every server there), else a new random one
+    written there (0600)."""
     if settings.master_key is not None:
         return settings.master_key.get_secret_value()
     path = settings.resolved_state_dir() / "master_key"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    key = "sk-" + secrets.token_urlsafe(32)
+    if not path.exists():
+        _create_master_key(path)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _create_master_key(path: Path) -> None:
+    """Written whole aside, then linked into place only if still absent: two servers starting at once agree on one
+    key, and neither can read a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = path.with_name(f".master_key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
+        handle.write("sk-" + secrets.token_urlsafe(32) + "\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return  # another server made it first: its key is the one
+    finally:
+        draft.unlink()
     log.warning("No LITELLM_MASTER_KEY given: generated one for the LiteLLM admin API and UI in %s", path)
-    return key
 
 
-def write_litellm_config(settings: Settings, litellm_config: dict[str, Any]) -> Path:
-    """Write the config LiteLLM loads; it holds env references, never secrets."""
-    path = settings.resolved_state_dir() / "litellm_config.yaml"
+def write_litellm_config(path: Path, litellm_config: dict[str, Any]) -> Path:
+    """Write the config LiteLLM loads at `path` (in the server's instance directory); env references, no secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(litellm_config, sort_keys=False), encoding="utf-8")
     return path

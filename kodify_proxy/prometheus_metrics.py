@@ -23,8 +23,8 @@ MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class UpstreamsUp(Collector):
-    """`kodify_upstream_up`, read when Prometheus scrapes from the answering process's monitor (every worker watches
-    every upstream)."""
+    """`kodify_upstream_up`, read when Prometheus scrapes from the answering process's monitor (every worker holds
+    the server's one view, kodify_proxy.upstream_board)."""
 
     def __init__(self, upstreams: Callable[[], dict[str, bool]]) -> None:
         self._upstreams = upstreams

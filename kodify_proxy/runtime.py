@@ -24,6 +24,7 @@ from kodify_proxy.prometheus_metrics import MULTIPROCESS_DIR_ENV, Metrics, Upstr
 from kodify_proxy.request_recorder import RequestRecorder
 from kodify_proxy.settings import Settings
 from kodify_proxy.tabby.service import TabbyService
+from kodify_proxy.upstream_board import UpstreamBoard
 from kodify_proxy.upstream_monitor import RouterLike, UpstreamMonitor
 from kodify_proxy.upstreams import KodifyConfig
 
@@ -47,6 +48,7 @@ class Runtime:
     lane: Lane
     tabby: TabbyService
     limiter: Limiter
+    board: UpstreamBoard | None = None  # the server's one view of the upstreams, shared by its processes
     litellm: ASGIApp | None = None  # LiteLLM's FastAPI app, once imported
     started: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -58,7 +60,7 @@ class Runtime:
 
     def start(self, router: Callable[[], RouterLike | None]) -> None:
         """Start the monitor and the journal writer (in the serving event loop, after LiteLLM's start-up)."""
-        self.monitor.start(router)
+        self.monitor.start(router, self.board)
         self.pool.start()
         if self.journal is not None:
             self.journal.start()
@@ -114,6 +116,7 @@ def build_runtime(
     verifier: TokenVerifier | None,
     preprocessing: PreprocessingConfig | None,
     journal: Journal | None,
+    board: UpstreamBoard | None = None,
 ) -> Runtime:
     """Wire the services; nothing is started yet."""
     metrics = Metrics(monitor.served_models, os.environ.get(MULTIPROCESS_DIR_ENV))
@@ -139,6 +142,7 @@ def build_runtime(
         lane=Lane(monitor, pool, settings, metrics.note_in_flight),
         tabby=TabbyService(monitor, preprocessing),
         limiter=limiter,
+        board=board,
     )
     metrics.watch(UpstreamsUp(lambda: {u.url: monitor.states[u.url].healthy for u in config.upstreams}))
     return runtime

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     num_retries: int = _env("KODIFY_NUM_RETRIES", "a whole number >= 0", 1, ge=0)
     discovery_interval: float = _env("KODIFY_DISCOVERY_INTERVAL", "seconds >= 1 between upstream checks", 10.0, ge=1)
     down_recheck_interval: float = _env(
-        "KODIFY_DOWN_RECHECK_INTERVAL", "seconds 0.1-60 between checks of an upstream that is down", 1.0, ge=0.1, le=60
+        "KODIFY_DOWN_RECHECK_INTERVAL", "seconds 0.1-60 between checks of an upstream that is down", 0.25, ge=0.1, le=60
     )
     # The client surface and the autocompletion lane (docs/autocompletion.md, README "HTTP")
     completions_lane: Annotated[Literal["direct", "litellm"], BeforeValidator(empty_to_default("direct"))] = _env(
@@ -224,7 +224,8 @@ class Settings(BaseSettings):
     )
 
     def resolved_state_dir(self) -> Path:
-        """Where generated files (master key, rendered LiteLLM config) live."""
+        """Where generated files live: the master key and the SQLite journal, shared by every server of this user;
+        each server's own state in `instances/<host>-<port>@<hostname>` inside it (kodify_proxy.instance)."""
         if self.state_dir:
             return Path(self.state_dir)
         return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "kodify-proxy"

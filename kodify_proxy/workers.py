@@ -7,7 +7,9 @@ migrations, USERS_TABLE, the master key, LiteLLM's config) is done by `launcher.
 starts; each worker builds its own app from that (`launcher.build_app`), with its own connections, caches and
 journal writer. Each worker takes a numbered slot (a lock file), which names it in the logs and gives it its own
 journal spool: a worker that replaces a dead one takes the dead one's slot and stores what it had spooled.
-Prometheus metrics go to PROMETHEUS_MULTIPROC_DIR, so GET /metrics answers for the whole server.
+Prometheus metrics go to PROMETHEUS_MULTIPROC_DIR, so GET /metrics answers for the whole server. Slots and metrics
+files are in the server's instance directory (kodify_proxy.instance), claimed by `serve` before the arbiter starts,
+so another server on the machine never holds them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -32,6 +34,7 @@ from uvicorn_worker import UvicornWorker
 
 from kodify_proxy import launcher, logs
 from kodify_proxy.errors import StartupError
+from kodify_proxy.instance import Instance
 from kodify_proxy.settings import Settings
 from kodify_proxy.upstreams import KodifyConfig
 
@@ -141,9 +144,9 @@ def _worker_exited(arbiter: Arbiter, worker: Any) -> None:
 class WorkerPool(BaseApplication):  # type: ignore[misc]
     """gunicorn configured from our settings (not from gunicorn's command line or config files)."""
 
-    def __init__(self, launch: launcher.Launch, host: str, port: int) -> None:
+    def __init__(self, launch: launcher.Launch) -> None:
         self.launch = launch
-        self.bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.bind = launch.instance.address
         super().__init__()
 
     def load_config(self) -> None:
@@ -181,24 +184,35 @@ class WorkerPool(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> ASGIApp:
         """In each worker, after the fork: its slot, its name in the logs, its app."""
-        settings = self.launch.settings
-        number, _ = take_slot(settings.resolved_state_dir() / "workers", self.launch.workers)
-        logs.name_worker(number + 1)
-        log.info("Worker %d of %d (pid %d) starting", number + 1, self.launch.workers, os.getpid())
-        return launcher.build_app(self.launch, number, None)
+        try:
+            number, _ = take_slot(self.launch.instance.workers_dir, self.launch.workers)
+            logs.name_worker(number + 1)
+            log.info("Worker %d of %d (pid %d) starting", number + 1, self.launch.workers, os.getpid())
+            return launcher.build_app(self.launch, number, None)
+        except StartupError as exc:
+            _boot_failed(exc)
 
 
-def serve(settings: Settings, config: KodifyConfig, count: int, host: str, port: int) -> None:
+def _boot_failed(exc: StartupError) -> NoReturn:
+    """A worker that cannot start says why in one line, and gunicorn's arbiter, seeing this exit status, stops the
+    server instead of forking the worker again (what can fail is checked before the arbiter starts: this is a last
+    guard, not a way to report a setting)."""
+    log.error("%s", exc)
+    sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def serve(settings: Settings, config: KodifyConfig, count: int, instance: Instance) -> None:
     """Prepare once, then run `count` workers under gunicorn's arbiter until SIGTERM/SIGINT."""
-    metrics_dir = settings.resolved_state_dir() / "metrics"
+    metrics_dir = instance.metrics_dir  # this server's alone (claim_instance), so emptying it is safe
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with each start, as with one process
     metrics_dir.mkdir(parents=True)
+    instance.workers_dir.mkdir(exist_ok=True)
     if "prometheus_client" in sys.modules:  # it would keep each worker's values to itself: /metrics would lie
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
     os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
     importlib.import_module("prometheus_client.multiprocess")  # for _worker_exited
-    launch, verifier = launcher.prepare_launch(settings, config, count)
+    launch, verifier = launcher.prepare_launch(settings, config, count, instance)
     if verifier is not None:
         verifier.close()  # each worker opens its own connections
-    log.info("Serving with %d worker processes", count)
-    WorkerPool(launch, host, port).run()
+    log.info("Serving with %d worker processes (instance directory %s)", count, instance.directory)
+    WorkerPool(launch).run()

@@ -109,6 +109,13 @@ class Server:
             time.sleep(0.2)
         return self
 
+    @property
+    def instance_dir(self) -> Path:
+        """This kodify-proxy's own directory in its state dir (slots, metrics, spools, LiteLLM config, board)."""
+        from kodify_proxy.instance import INSTANCES, instance_name
+
+        return Path(self.env["KODIFY_STATE_DIR"]) / INSTANCES / instance_name("127.0.0.1", self.port)
+
     def master_key(self) -> str:
         """The LiteLLM master key a kodify-proxy generated into its state dir."""
         return (Path(self.env["KODIFY_STATE_DIR"]) / "master_key").read_text().strip()

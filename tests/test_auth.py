@@ -565,7 +565,7 @@ def test_no_token_appears_in_any_log_or_rendered_config(servers: Servers, proxy:
         timeout=60,
     )
     assert rendered.returncode == 0, rendered.stderr
-    shared_config = Path(servers.shared.env["KODIFY_STATE_DIR"]) / "litellm_config.yaml"
+    shared_config = servers.shared.instance_dir / "litellm_config.yaml"
     texts = {s.name: s.log_text() for s in (servers.shared, servers.via_forwarder, servers.direct, servers.sqlite)}
     texts |= {
         "dummy": proxy.log_text(),

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from kodify_proxy.database import DatabaseUrlError, parse_url, render_url
-from kodify_proxy.journal.database import journal_url, spool_dir
+from kodify_proxy.instance import instance_name, locate
+from kodify_proxy.journal.database import journal_url, legacy_spool_dir, spool_dir
 from kodify_proxy.settings import SettingsError, load_settings
 
 LOGS_DB = {
@@ -60,11 +61,18 @@ def test_kodify_journal_url_wins_over_logs_db_variables() -> None:
     assert str(url) == "postgresql+psycopg://u@h/other"
 
 
-def test_without_any_database_setting_the_journal_is_an_sqlite_file_in_the_state_dir(tmp_path: Path) -> None:
+def test_the_journal_is_an_sqlite_file_in_the_state_dir_by_default_and_the_spool_per_server(
+    tmp_path: Path,
+) -> None:
     settings = load_settings({"KODIFY_STATE_DIR": str(tmp_path)})
     assert str(journal_url(settings)) == f"sqlite:///{tmp_path}/journal.sqlite3"
-    assert spool_dir(settings) == tmp_path / "journal-spool"
-    assert spool_dir(load_settings({"KODIFY_JOURNAL_SPOOL_DIR": "/var/spool/kodify"})) == Path("/var/spool/kodify")
+    instance = locate(settings, "::1", 8000)
+    own = tmp_path / "instances" / instance_name("::1", 8000)
+    assert spool_dir(settings, instance=instance) == own / "journal-spool"
+    assert spool_dir(settings, 2, instance=instance) == own / "journal-spool/worker-2"
+    assert legacy_spool_dir(settings) == tmp_path / "journal-spool"  # where older releases spooled
+    explicit = load_settings({"KODIFY_JOURNAL_SPOOL_DIR": "/var/spool/kodify"})
+    assert spool_dir(explicit, instance=instance) == Path("/var/spool/kodify") and legacy_spool_dir(explicit) is None
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import pytest
 
 from kodify_proxy.database import parse_url
 from kodify_proxy.exchange import Exchange
+from kodify_proxy.instance import locate
 from kodify_proxy.journal.database import journal_engine
 from kodify_proxy.journal.inflight import (
     ENDED,
@@ -365,9 +366,10 @@ def test_a_start_with_fewer_workers_journals_the_tables_no_worker_owns(tmp_path:
     left = run_dying_worker(base / "worker-2")  # an earlier run's third worker
     owned = run_dying_worker(base / "worker-1")  # this run's second worker journals its own table itself
     settings = load_settings({"LOGS": "True", "KODIFY_JOURNAL_URL": journal_db, "KODIFY_JOURNAL_SPOOL_DIR": str(base)})
-    prepare_journal(settings, workers=2)  # as `serve --workers 2` does, before any worker starts
+    instance = locate(settings, "127.0.0.1", 8000)
+    prepare_journal(settings, 2, instance)  # as `serve --workers 2` does, before any worker starts
     assert not (base / "worker-2" / TABLE_NAME).exists() and (base / "worker-1" / TABLE_NAME).exists()
-    journal = open_journal(settings, worker=0)
+    journal = open_journal(settings, instance, worker=0)
     assert journal is not None
     journal.start()
     journal.close()

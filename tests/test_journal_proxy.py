@@ -301,7 +301,7 @@ def test_the_proxy_said_where_the_journal_goes(journaled: tuple[Server, str]) ->
 
 def test_spool_is_empty_while_the_database_is_up(journaled: tuple[Server, str], tmp_path: Path) -> None:
     proxy, _ = journaled
-    spool = Path(proxy.env["KODIFY_STATE_DIR"]) / "journal-spool"
+    spool = proxy.instance_dir / "journal-spool"
     deadline = time.monotonic() + 10
     while list(spool.glob("segment-*.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_prepare_discovers_the_models_and_builds_litellms_config(upstream: Serve
     # the dead upstream is routed only the model nobody else serves (its requests then fail fast and clearly)
     assert sorted(listed) == [("fake-embed", upstream.url), ("fake-model", upstream.url), ("only-dead", dead)]
 
-    path = write_litellm_config(load_settings({"KODIFY_STATE_DIR": str(tmp_path)}), prepared.litellm_config)
+    path = write_litellm_config(tmp_path / "instance" / "litellm_config.yaml", prepared.litellm_config)
     text = path.read_text()
     assert yaml.safe_load(text) == prepared.litellm_config
     assert UPSTREAM_KEY not in text and "os.environ/KODIFY_UPSTREAM_0_API_KEY" in text
@@ -79,6 +80,15 @@ def test_the_master_key_is_the_given_one_else_generated_once_and_private(tmp_pat
     assert key.startswith("sk-") and len(key) > 40 and path.read_text() == key + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ensure_master_key(settings) == key  # reused: a restart keeps the admin's key
+    assert [p.name for p in path.parent.iterdir()] == ["master_key"]  # no draft left beside it
+
+
+def test_servers_starting_at_once_agree_on_one_generated_master_key(tmp_path: Path) -> None:
+    settings = load_settings({"KODIFY_STATE_DIR": str(tmp_path)})
+    with ThreadPoolExecutor(8) as threads:
+        keys = set(threads.map(lambda _: ensure_master_key(settings), range(8)))
+    assert keys == {(tmp_path / "master_key").read_text().strip()}
+    assert [p.name for p in tmp_path.iterdir()] == ["master_key"]
 
 
 def test_litellm_starts_with_its_config_path_the_master_key_and_upstream_keys(

@@ -288,7 +288,7 @@ def test_both_workers_serve_https_on_every_socket(tmp_path: Path, upstream: Serv
                 proxy.url + "/v1/chat/completions", json=CHAT, verify=pki.trusting(), headers={"Connection": "close"}
             )
             assert answer.status_code == 200, answer.text
-        metrics = Path(proxy.env["KODIFY_STATE_DIR"]) / "metrics"
+        metrics = proxy.instance_dir / "metrics"
         deadline = time.monotonic() + 10  # a request is counted once its answer has gone out
         while sum((served := _served_by(metrics, "/v1/chat/completions")).values()) < 24:
             if time.monotonic() > deadline:

@@ -5,6 +5,8 @@ by an httpx transport (the network boundary); the router is a recorder of LiteLL
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from kodify_proxy.errors import ModelNotFound, UpstreamUnavailable
 from kodify_proxy.settings import load_settings
+from kodify_proxy.upstream_board import Observation
 from kodify_proxy.upstream_monitor import FAILING_WINDOW, UpstreamMonitor
 from kodify_proxy.upstreams import UpstreamState, parse_config
 
@@ -60,7 +63,7 @@ class Router:
 
 
 def monitor(
-    clock: Clock | None = None, upstreams: Upstreams | None = None, env: dict[str, str] | None = None
+    clock: Callable[[], float] | None = None, upstreams: Upstreams | None = None, env: dict[str, str] | None = None
 ) -> UpstreamMonitor:
     states = [UpstreamState(upstream=u) for u in CONFIG.upstreams]
     transport = httpx.MockTransport(upstreams.handler) if upstreams is not None else None
@@ -127,35 +130,65 @@ def test_a_down_upstream_keeps_only_the_models_nobody_else_serves() -> None:
     assert router.calls == []  # nothing changed: the router is left alone
 
 
-def test_the_check_interval_is_shorter_while_an_upstream_is_down() -> None:
+def test_a_down_upstream_is_checked_at_the_shorter_interval_and_a_suspected_one_at_once() -> None:
     env = {"KODIFY_DISCOVERY_INTERVAL": "30", "KODIFY_DOWN_RECHECK_INTERVAL": "0.5"}
-    mon = monitor(env=env)
-    refresh(mon, Upstreams(a=("m",), b=("m",)))
-    assert mon._interval() == 30
+    clock = Clock()
+    mon = monitor(clock, env=env)
+    assert [u.url for u in mon.due(clock.now, periodic=True)] == [A, B]  # never checked
+    assert mon.due(clock.now, periodic=False) == []  # another process makes the periodic checks
     refresh(mon, Upstreams(a=("m",), b=None))
-    assert mon._interval() == 0.5
+    assert mon.states[A].checked_at == mon.states[B].checked_at == clock.now
+    clock.now += 0.5
+    assert [u.url for u in mon.due(clock.now, periodic=True)] == [B] and mon.next_check_in(clock.now) == 0
+    refresh(mon, Upstreams(a=("m",), b=("m",)))
+    assert mon.due(clock.now, periodic=True) == [] and mon.next_check_in(clock.now) == 30
+    clock.now += 1
+    mon.report_failure(A, connection=True)  # a request could not connect: checked at once, wherever it failed
+    assert [u.url for u in mon.due(clock.now, periodic=False)] == [A]
+    refresh(mon, Upstreams(a=("m",), b=("m",)))
+    assert mon.due(clock.now, periodic=False) == []  # the check began after the failure: done
+
+
+def test_what_another_process_saw_later_is_adopted_and_older_news_is_not() -> None:
+    clock = Clock()
+    mon = monitor(clock)
+    refresh(mon, Upstreams(a=("m",), b=("m",)))
+    down = Observation(healthy=False, models=("m",), error="ConnectError: refused", checked_at=clock.now + 1)
+    stale = Observation(healthy=False, models=(), checked_at=clock.now - 1)
+    assert mon.adopt({A: down, B: stale, "http://not-configured:1": down})
+    assert not mon.states[A].healthy and mon.states[A].error == "ConnectError: refused"
+    assert mon.states[B].healthy and mon.states[B].checked_at == clock.now
+    assert not mon.adopt({A: down})  # nothing newer: nothing changes
+    assert mon.routable() == {A: (), B: ("m",)}
+    refresh(mon, Upstreams(a=("m",), b=("m",)))  # began before the adopted check: its answer is older news
+    assert not mon.states[A].healthy and mon.states[A].checked_at == clock.now + 1
 
 
 def test_a_connection_failure_wakes_the_background_checks() -> None:
-    """With a 30 s interval, the monitor checks again at once when a request could not connect; stop ends it."""
+    """With a 30 s interval, the monitor checks the upstream a request could not reach at once; stop ends it."""
     upstreams = Upstreams(a=("m",), b=("m",))
-    mon = monitor(upstreams=upstreams, env={"KODIFY_DISCOVERY_INTERVAL": "30"})
+    mon = monitor(upstreams=upstreams, env={"KODIFY_DISCOVERY_INTERVAL": "30"}, clock=time.monotonic)
+
+    async def until(calls: int) -> None:
+        for _ in range(500):
+            if upstreams.calls >= calls:
+                return
+            await asyncio.sleep(0.01)
 
     async def run() -> list[int]:
         router = Router()
         mon.start(lambda: router)
-        seen = []
+        await until(2)  # the first round: each upstream once
+        seen = [upstreams.calls]
         for _ in range(2):
             before = upstreams.calls
             mon.report_failure(A, connection=True)
-            for _ in range(500):
-                await asyncio.sleep(0.01)
-                if upstreams.calls >= before + 2:
-                    break
+            await until(before + 1)
+            await asyncio.sleep(0.1)
             seen.append(upstreams.calls - before)
         await mon.stop()
         assert mon._task is None
         return seen
 
-    assert asyncio.run(run()) == [2, 2]  # each wake-up: one check of each upstream, none more in between
+    assert asyncio.run(run()) == [2, 1, 1]  # each wake-up: one check of the upstream that failed, none more
     assert mon.routable() == {A: ("m",), B: ("m",)}

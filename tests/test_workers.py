@@ -1,11 +1,13 @@
-"""`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, SIGTERM
-draining both workers, SIGKILL of one worker. Per-user tokens and the journal in the real PostgreSQL, two fake
-upstreams. Which worker served a request is read from its own Prometheus file (`counter_<pid>.db` in the state dir's
-`metrics/`), so each test can show that both workers took part."""
+"""`serve --workers 2` as real processes: one service to clients and operators whichever worker answers, one view of
+the upstreams in every worker, SIGTERM draining both workers, SIGKILL of one worker, a second server on the machine
+with the same state directory. Per-user tokens and the journal in the real PostgreSQL, two fake upstreams. Which
+worker served a request is read from its own Prometheus file (`counter_<pid>.db` in the server's instance directory's
+`metrics/`), so each test can show that both workers took part; tests.worker_clients reaches each worker on its own."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ from kodify_proxy.env_types import available_cpus, resolve_workers
 from kodify_proxy.journal.inflight import TABLE_NAME, WORKER_DIED, read_table
 from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
-from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
+from tests.servers import Server, fake_upstream, kodify_proxy, run_cli, upstreams_yaml
+from tests.worker_clients import Pinned, pin_workers, worker_pids
 
 TTL = 1.0  # KODIFY_AUTH_CACHE_TTL of these servers
 TABBY: dict[str, Any] = {
@@ -70,7 +73,7 @@ class Pool:
 
     @property
     def metrics_dir(self) -> Path:
-        return Path(self.proxy.env["KODIFY_STATE_DIR"]) / "metrics"
+        return self.proxy.instance_dir / "metrics"
 
     def served(self, route: str) -> dict[int, dict[str, float]]:
         """Per worker pid: its `kodify_requests_total` for `route`, by status (read from its own file)."""
@@ -106,6 +109,8 @@ def _pool(tmp: Path, upstreams: tuple[Server, Server], database_url: str, db: st
         "KODIFY_JOURNAL_FLUSH_INTERVAL": "0.2",
         "KODIFY_SHUTDOWN_GRACE": "20",
         "KODIFY_METRICS_TOKEN": METRICS_TOKEN,
+        # beyond any test's length: only the shared view can make the workers agree (test_one_view_of_the_upstreams)
+        "KODIFY_DISCOVERY_INTERVAL": "600",
     }
     config = upstreams_yaml(*(u.url for u in upstreams))
     proxy = kodify_proxy(tmp, config, env={**env, "KODIFY_WORKERS": "2"}, name=name)
@@ -303,6 +308,124 @@ class Streams:
     def sent(self) -> list[tuple[str | None, int | None, str]]:
         """(request id, status, outcome) of each request; no id and no status when its response never started."""
         return list(zip(self.ids, self.statuses, self.outcomes, strict=True))
+
+
+def _until_every_worker(workers: list[Pinned], holds: Callable[[Pinned], bool], since: float) -> dict[int, float]:
+    """Seconds from `since` until `holds` was first true of each worker, polled in turn (a deadline far beyond the
+    contract, so a failure shows the times)."""
+    found: dict[int, float] = {}
+    while len(found) < len(workers) and time.monotonic() - since < 20:
+        for worker in workers:
+            if worker.pid not in found and holds(worker):
+                found[worker.pid] = time.monotonic() - since
+        time.sleep(0.005)
+    return found
+
+
+def _upstreams_up(worker: Pinned) -> set[float]:
+    text = worker.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+    return {float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("kodify_upstream_up{")}
+
+
+def test_one_view_of_the_upstreams_every_worker_within_a_second(pool: Pool) -> None:
+    """Both upstreams die, one request finds it out: every worker's /health, routing and kodify_upstream_up agree
+    within a second, without a check of their own (the discovery interval is 600 s); and within a second of the
+    upstreams' return. The issue's contract is the one bound asserted; the times are printed."""
+    headers = {"Authorization": f"Bearer {_token(pool, 'one-view')}"}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "one view"}]}
+    workers = pin_workers(pool.proxy)
+    try:
+        for upstream in pool.upstreams:
+            upstream.kill()
+        assert httpx.post(pool.proxy.url + "/v1/chat/completions", json=chat, headers=headers).status_code == 503
+        down = _until_every_worker(workers, lambda w: w.get("/health").status_code == 503, time.monotonic())
+        assert all(_upstreams_up(w) == {0.0} for w in workers)
+        assert all(w.post("/v1/chat/completions", chat, headers).status_code == 503 for w in workers)
+        for upstream in pool.upstreams:
+            upstream.start(expect_ready=False)
+        back_at = _when_answering(pool.upstreams)
+        back = _until_every_worker(workers, lambda w: w.get("/health").status_code == 200, back_at)
+        print(f"all workers agree: down after {sorted(down.values())} s, back after {sorted(back.values())} s")
+        assert len(down) == len(back) == 2 and max(down.values()) < 1 and max(back.values()) < 1, (down, back)
+        assert all(w.post("/v1/chat/completions", chat, headers).status_code == 200 for w in workers)
+        # /health says 200 once one upstream is back; the other may be seen at the next recheck
+        both = _until_every_worker(workers, lambda w: _upstreams_up(w) == {1.0}, back_at)
+        assert len(both) == 2, both
+    finally:
+        for upstream in pool.upstreams:
+            if upstream.process is None or upstream.process.poll() is not None:
+                upstream.start()
+        for worker in workers:
+            worker.client.close()
+
+
+def _when_answering(upstreams: tuple[Server, Server]) -> float:
+    """The moment the first upstream answers GET /v1/models again (polled every 5 ms); the other is waited for."""
+    first = None
+    deadline = time.monotonic() + 60
+    while first is None or not all(_answers(u) for u in upstreams):
+        assert time.monotonic() < deadline, "the upstreams did not start"
+        if first is None and any(_answers(u) for u in upstreams):
+            first = time.monotonic()
+        time.sleep(0.005)
+    return first
+
+
+def _answers(upstream: Server) -> bool:
+    try:
+        return httpx.get(upstream.url + "/v1/models", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_second_server_with_the_same_state_directory_runs_beside_the_first(pool: Pool, tmp_path: Path) -> None:
+    """Two servers of one user, on two ports, with default settings (one state directory): both serve, each with its
+    own slots, metrics and spools; a third on an address in use is refused in one line, before anything starts."""
+    scraper = {"Authorization": f"Bearer {METRICS_TOKEN}", "Connection": "close"}
+    before = _scraped(httpx.get(pool.proxy.url + "/metrics", headers=scraper).text)
+    state = {"KODIFY_STATE_DIR": pool.proxy.env["KODIFY_STATE_DIR"], "KODIFY_WORKERS": "2"}
+    config = upstreams_yaml(*(u.url for u in pool.upstreams))
+    second = kodify_proxy(tmp_path, config, env={**pool.env, **state}, name="second")
+    try:
+        second.start(timeout=180).wait_workers(2)
+        headers = {"Authorization": f"Bearer {_token(pool, 'two-servers')}", "Connection": "close"}
+        body = {"model": "fake-model", "prompt": "two servers", "max_tokens": 2}
+        for server in (pool.proxy, second):
+
+            def send(i: int, url: str = server.url) -> httpx.Response:
+                return httpx.post(url + "/v1/completions", json=body, headers=headers)
+
+            assert [r.status_code for r in _each_on_its_own_connection(8, send)] == [200] * 8
+        key = ("kodify_requests_total", "/v1/completions", "200")
+        assert _scraped(httpx.get(pool.proxy.url + "/metrics", headers=scraper).text)[key] == before.get(key, 0) + 8
+        assert _scraped(httpx.get(second.url + "/metrics", headers=scraper).text)[key] == 8
+        for server in (pool.proxy, second):
+            own = server.instance_dir
+            assert (own / "litellm_config.yaml").is_file() and (own / "journal-spool" / "spool.lock").is_file()
+            files = {int(path.stem.split("_")[1]) for path in (own / "metrics").glob("counter_*.db")}
+            assert files and files <= set(worker_pids(server)), (files, worker_pids(server))
+        print("two servers, one state directory:\n" + _startup_lines(pool.proxy) + "\n" + _startup_lines(second))
+        _refused_on(second, second.env)
+        _refused_on(second, {**second.env, "KODIFY_STATE_DIR": str(tmp_path / "elsewhere")})
+    finally:
+        second.stop()
+
+
+def _refused_on(server: Server, env: Mapping[str, str]) -> None:
+    """`serve` on `server`'s address exits 2 with one line naming --port, and no traceback."""
+    config = server.args[list(server.args).index("--config") + 1]
+    args = ("serve", "--config", config, "--host", "127.0.0.1", "--port", str(server.port), "--workers", "2")
+    refused = run_cli(*args, env={**os.environ, **env})
+    print(f"exit {refused.returncode}: {refused.stderr.strip()}")
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
+    assert re.fullmatch(
+        rf"error: --port {server.port}: .+; stop it, or give this server another --port.*\n", refused.stderr
+    )
+
+
+def _startup_lines(server: Server) -> str:
+    wanted = ("Serving with", "Uvicorn running on", "Journal on:", "Application startup complete")
+    return "\n".join(line for line in server.log_text().splitlines() if any(w in line for w in wanted))
 
 
 def _busiest_worker(pool: Pool, workers: list[int]) -> tuple[int, int]:

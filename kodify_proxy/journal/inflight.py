@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.journal.record import JournalRow
-from kodify_proxy.journal.spool import Spool, orphan_directories
+from kodify_proxy.journal.spool import Spool, SpoolLocked, orphan_directories
 
 log = logging.getLogger("kodify_proxy.journal")
 
@@ -327,15 +327,25 @@ def open_table(spool: Spool) -> InflightTable:
 def recover_orphans(base: Path, workers: int) -> int:
     """Journal the tables of `base/worker-N` directories no worker of this run owns (N >= `workers`: an earlier run
     had more) into `base`'s spool, and remove them. Run before any worker starts, after `spool.adopt_orphans` (so
-    the rows those workers did spool come first); each directory is locked while it is read."""
-    tables = [path / TABLE_NAME for path in orphan_directories(base, workers) if (path / TABLE_NAME).exists()]
+    the rows those workers did spool come first)."""
+    return recover_tables(base, orphan_directories(base, workers))
+
+
+def recover_tables(base: Path, directories: Iterable[Path]) -> int:
+    """Journal the in-flight tables left in `directories` (spools of workers or servers that are gone) into `base`'s
+    spool, and remove them; each directory is locked while it is read, and one still locked (a running server's) is
+    left to its owner. How many rows."""
+    tables = [path / TABLE_NAME for path in directories if (path / TABLE_NAME).exists()]
     if not tables:
         return 0
     recovered = 0
     owner = Spool(base)
     try:
         for table in tables:
-            lock = Spool(table.parent)
+            try:
+                lock = Spool(table.parent)
+            except SpoolLocked:
+                continue
             try:
                 recovered += recover(table, owner)
                 table.unlink()

@@ -261,6 +261,32 @@ def orphan_directories(base: Path, workers: int) -> list[Path]:
     return [path for path in sorted(base.glob("worker-*")) if path.is_dir() and _worker_number(path) >= workers]
 
 
+def adopt_spools(base: Path, other: Path) -> tuple[int, list[Path]]:
+    """Move the segments of the spool `other` and its `worker-N` spools (a server that stopped, or an older release,
+    left them) into `base`'s own, so this server's worker 0 stores them. A spool still locked is a running server's:
+    it is left alone and returned, to be said. Returns how many segments moved, and the spools left."""
+    sources = [other, *sorted(path for path in other.glob("worker-*") if path.is_dir())] if other.is_dir() else []
+    pending = [source for source in sources if any(source.glob(_SEGMENT_GLOB))]
+    if not pending:
+        return 0, []
+    moved, busy = 0, []
+    owner = Spool(base)
+    try:
+        for source in pending:
+            try:
+                spool = Spool(source)
+            except SpoolLocked:
+                busy.append(source)
+                continue
+            try:
+                moved += owner.adopt(spool)
+            finally:
+                spool.close()
+    finally:
+        owner.close()
+    return moved, busy
+
+
 def _worker_number(path: Path) -> int:
     suffix = path.name.removeprefix("worker-")
     return int(suffix) if suffix.isdigit() else -1
