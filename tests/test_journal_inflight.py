@@ -20,7 +20,7 @@ import pytest
 from kodify_proxy.database import parse_url
 from kodify_proxy.exchange import Exchange
 from kodify_proxy.instance import locate
-from kodify_proxy.journal.database import journal_engine
+from kodify_proxy.journal.database import journal_engine, spool_dir
 from kodify_proxy.journal.inflight import (
     ENDED,
     HEADER_BYTES,
@@ -377,3 +377,21 @@ def test_a_start_with_fewer_workers_journals_the_tables_no_worker_owns(tmp_path:
     assert sorted(rows) == sorted(left)  # every request of the orphan, once; none of the table still owned
     assert [rows[rid]["error_type"] for rid in left] == [WORKER_DIED, WORKER_DIED, WORKER_DIED, None, None]
     assert not set(owned) & set(rows)
+
+
+def test_a_server_that_stopped_on_another_address_leaves_no_request_unjournaled(
+    tmp_path: Path, journal_db: str
+) -> None:
+    settings = load_settings({"LOGS": "True", "KODIFY_JOURNAL_URL": journal_db, "KODIFY_STATE_DIR": str(tmp_path)})
+    gone = locate(settings, "127.0.0.1", 8001)  # a server killed there; this one starts on 8000
+    left = run_dying_worker(spool_dir(settings, 1, instance=gone))
+    instance = locate(settings, "127.0.0.1", 8000)
+    instance.directory.mkdir(parents=True)
+    prepare_journal(settings, 1, instance)
+    assert not (spool_dir(settings, 1, instance=gone) / TABLE_NAME).exists()
+    journal = open_journal(settings, instance)
+    assert journal is not None
+    journal.start()
+    journal.close()
+    rows = {row["request_id"]: row["error_type"] for row in journal_rows(journal_db)}
+    assert [rows[rid] for rid in left] == [WORKER_DIED, WORKER_DIED, WORKER_DIED, None, None]
