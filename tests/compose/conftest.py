@@ -43,14 +43,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+TIER_STARTED: list[float] = []  # when the engine fixture began: the tier's first step
+
+
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A Docker engine: the machine's, or a dockerd started for the tier (and stopped after it)."""
-    started = time.monotonic()
+    TIER_STARTED.append(time.monotonic())
     with docker_engine(tmp_path_factory.mktemp("dockerd") / "dockerd.log") as ours:
         REPORT.add(f"engine: {'dockerd started for the tier' if ours else 'the running dockerd'}")
         yield
-    REPORT.add(f"tier duration: {time.monotonic() - started:.0f} s (images, runs and cleanup)")
 
 
 def tiny_model() -> Path:
@@ -117,4 +119,5 @@ def deployment(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield project
     finally:
         project.down()
+        REPORT.add(f"tier duration: {time.monotonic() - TIER_STARTED[0]:.0f} s (engine, images, runs and cleanup)")
         assert project.leftovers() == {}
