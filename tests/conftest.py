@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.journal_support import slow_upstream
+from tests.measured import MEASURED
 from tests.servers import Server, fake_upstream, kodify_proxy, upstreams_yaml
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the tests measured (tests/measured.py), a section each."""
+    for section, lines in MEASURED.sections.items():
+        terminalreporter.write_sep("-", section)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

@@ -32,9 +32,11 @@ from kodify_proxy.env_types import available_cpus, resolve_workers
 from kodify_proxy.journal.inflight import TABLE_NAME, WORKER_DIED, read_table
 from kodify_proxy.workers import take_slot
 from tests.journal_support import fresh_database
+from tests.measured import MEASURED
 from tests.servers import Server, fake_upstream, kodify_proxy, run_cli, upstreams_yaml
 from tests.worker_clients import Pinned, pin_workers, worker_pids
 
+SECTION = "Workers and servers on one machine (tests/test_workers.py)"
 TTL = 1.0  # KODIFY_AUTH_CACHE_TTL of these servers
 TABBY: dict[str, Any] = {
     "language": "python",
@@ -345,7 +347,9 @@ def test_one_view_of_the_upstreams_every_worker_within_a_second(pool: Pool) -> N
             upstream.start(expect_ready=False)
         back_at = _when_answering(pool.upstreams)
         back = _until_every_worker(workers, lambda w: w.get("/health").status_code == 200, back_at)
-        print(f"all workers agree: down after {sorted(down.values())} s, back after {sorted(back.values())} s")
+        MEASURED.add(
+            SECTION, f"all workers agree: down after {sorted(down.values())} s, back after {sorted(back.values())} s"
+        )
         assert len(down) == len(back) == 2 and max(down.values()) < 1 and max(back.values()) < 1, (down, back)
         assert all(w.post("/v1/chat/completions", chat, headers).status_code == 200 for w in workers)
         # /health says 200 once one upstream is back; the other may be seen at the next recheck
@@ -404,7 +408,9 @@ def test_a_second_server_with_the_same_state_directory_runs_beside_the_first(poo
             assert (own / "litellm_config.yaml").is_file() and (own / "journal-spool" / "spool.lock").is_file()
             files = {int(path.stem.split("_")[1]) for path in (own / "metrics").glob("counter_*.db")}
             assert files and files <= set(worker_pids(server)), (files, worker_pids(server))
-        print("two servers, one state directory:\n" + _startup_lines(pool.proxy) + "\n" + _startup_lines(second))
+        MEASURED.add(
+            SECTION, "two servers, one state directory:\n" + _startup_lines(pool.proxy) + "\n" + _startup_lines(second)
+        )
         _refused_on(second, second.env)
         _refused_on(second, {**second.env, "KODIFY_STATE_DIR": str(tmp_path / "elsewhere")})
     finally:
@@ -416,7 +422,7 @@ def _refused_on(server: Server, env: Mapping[str, str]) -> None:
     config = server.args[list(server.args).index("--config") + 1]
     args = ("serve", "--config", config, "--host", "127.0.0.1", "--port", str(server.port), "--workers", "2")
     refused = run_cli(*args, env={**os.environ, **env})
-    print(f"exit {refused.returncode}: {refused.stderr.strip()}")
+    MEASURED.add(SECTION, f"refused: exit {refused.returncode}: {refused.stderr.strip()}")
     assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
     assert re.fullmatch(
         rf"error: --port {server.port}: .+; stop it, or give this server another --port.*\n", refused.stderr
@@ -489,9 +495,10 @@ def test_sigkill_of_one_worker_is_replaced_and_every_request_it_had_is_journaled
     # a row for every request sent, once each: the killed worker's rebuilt by its replacement
     rows = {row["request_id"]: row for row in _chat_rows(pool.journal_url, "through-a-crash", 18)}
     died = Counter(row["status"] for row in rows.values() if row["error_type"] == WORKER_DIED)
-    print(f"SIGKILL after {killed_after:.1f} s of a worker holding {held} of 18 requests: {dict(finished)};")
-    print(f"  {len(rows)} rows for 18 requests")
-    print(f"  {WORKER_DIED} by status: {dict(died)}")
+    MEASURED.add(
+        SECTION, f"SIGKILL after {killed_after:.1f} s of a worker holding {held} of 18 requests: {dict(finished)};"
+    )
+    MEASURED.add(SECTION, f"  {len(rows)} rows for 18 requests; {WORKER_DIED} rows by status: {dict(died)}")
     assert len(rows) == 18
     sent = streams.sent() + waiting.sent()
     for request_id, status, outcome in sent:
@@ -540,3 +547,7 @@ def test_sigterm_drains_both_workers(tmp_path: Path, upstreams: tuple[Server, Se
         assert log.count("Journal schema is at revision") == 1
         assert log.count("generated one for the LiteLLM admin API") == 1
         assert log.count("Serving models:") == 1 and log.count("Serving with 2 worker processes") == 1
+
+
+def _ms(times: dict[int, float]) -> str:
+    return ", ".join(f"{seconds * 1000:.0f} ms" for seconds in sorted(times.values()))

@@ -7,7 +7,6 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from tests.compose.cache import CACHE
 from tests.compose.engine import docker, docker_engine, image_exists
 from tests.compose.images import Images, prepare_images
 from tests.compose.project import Project
+from tests.measured import MEASURED
 from tests.servers import REPO
 
 TOKEN = f"sk-compose-{secrets.token_hex(8)}"
@@ -23,24 +23,14 @@ PASSWORD = secrets.token_hex(12)
 SERVED_MODEL = "tiny"
 
 
-@dataclass
 class Report:
-    """What the tier measured, in the order it happened, for the summary at the end of the run."""
-
-    lines: list[str] = field(default_factory=list)
+    """What the tier measured, in the order it happened, for the summary at the end of the run (tests/measured.py)."""
 
     def add(self, line: str) -> None:
-        self.lines.append(line)
+        MEASURED.add("Compose tier (tests/compose)", line)
 
 
 REPORT = Report()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if REPORT.lines:
-        terminalreporter.write_sep("-", "Compose tier (tests/compose)")
-        for line in REPORT.lines:
-            terminalreporter.write_line(line)
 
 
 TIER_STARTED: list[float] = []  # when the engine fixture began: the tier's first step
